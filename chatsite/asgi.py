@@ -1,0 +1,25 @@
+"""ASGI entry point: HTTP through Django, WebSockets to the chat gateway."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+django_http = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from chatsite.ws_auth import TokenOrSessionAuthMiddleware  # noqa: E402
+from messaging.consumers import ChatConsumer  # noqa: E402
+
+websocket_urlpatterns = [path("ws/chat/", ChatConsumer.as_asgi())]
+
+application = ProtocolTypeRouter(
+    {
+        # The pages' static files are served by the app itself: no separate web server to set up.
+        "http": ASGIStaticFilesHandler(django_http),
+        "websocket": TokenOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns)),
+    }
+)

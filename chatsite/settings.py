@@ -1,0 +1,185 @@
+"""Settings for the chat service.
+
+Every knob is read from the environment here and nowhere else. ``CHAT_MODE``
+selects the backends: ``embedded`` (the default: SQLite, in-memory channel
+layer, in-process bus and registries) or ``full`` (Kafka, Cassandra, Redis).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"setting {name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+VAR_DIR = Path(env_str("CHAT_VAR_DIR", str(BASE_DIR / "var")))
+
+SECRET_KEY = env_str(
+    "DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789"
+)
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "messaging",
+    "presence",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatsite.api.ApiErrorMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": env_str("CHAT_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
+        # SQLite serialises writers; wait for the lock instead of failing fast.
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},
+}
+
+# --- The chat service -------------------------------------------------------
+
+CHAT_MODE = env_str("CHAT_MODE", "embedded")
+if CHAT_MODE not in {"embedded", "full"}:
+    raise RuntimeError(f"CHAT_MODE must be 'embedded' or 'full', got {CHAT_MODE!r}")
+
+# Longest message body accepted, in characters.
+CHAT_MAX_BODY_CHARS = env_int("CHAT_MAX_BODY_CHARS", 4000)
+# Largest WebSocket frame accepted, in bytes; bigger frames are refused unread.
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
+CHAT_MAX_GROUP_MEMBERS = env_int("CHAT_MAX_GROUP_MEMBERS", 1000)
+CHAT_MAX_CHAT_NAME_CHARS = 100
+CHAT_HISTORY_DEFAULT_LIMIT = 50
+CHAT_HISTORY_MAX_LIMIT = 200
+# Per-connection token bucket for "send" frames.
+CHAT_SEND_RATE_PER_SECOND = env_float("CHAT_SEND_RATE_PER_SECOND", 20.0)
+CHAT_SEND_BURST = env_int("CHAT_SEND_BURST", 60)
+# A device counts as online while it heartbeats within this many seconds.
+CHAT_PRESENCE_TIMEOUT_SECONDS = env_int("CHAT_PRESENCE_TIMEOUT_SECONDS", 90)
+# Largest batch the in-process bus hands the dispatcher at once.
+CHAT_DISPATCH_BATCH_SIZE = env_int("CHAT_DISPATCH_BATCH_SIZE", 500)
+# The ws_url handed out by service discovery; empty means "derive it from the
+# request's own host", which is right for a single server.
+CHAT_PUBLIC_WS_URL = env_str("CHAT_PUBLIC_WS_URL", "")
+CHAT_SERVER_ID = env_str("CHAT_SERVER_ID", f"{os.uname().nodename}-{os.getpid()}")
+
+CHAT_BACKENDS = {
+    "message_store": "messaging.backends.orm_store.OrmMessageStore",
+    "message_bus": "messaging.backends.inprocess_bus.InProcessMessageBus",
+    "session_registry": "presence.registry.InProcessSessionRegistry",
+    "server_directory": "presence.directory.SingleServerDirectory",
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels.layers.InMemoryChannelLayer",
+        "CONFIG": {"capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000)},
+    }
+}
+# Messages the in-process bus holds before it refuses more (backpressure).
+CHAT_BUS_QUEUE_SIZE = env_int("CHAT_BUS_QUEUE_SIZE", 10000)

@@ -1,0 +1,37 @@
+"""The dispatcher: what happens to a batch of messages the bus hands over.
+
+Store first (idempotent by message_id), then find each member's live devices
+and deliver. The same code runs behind every bus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from channels.db import database_sync_to_async
+
+from messaging import selectors
+from messaging.backends import message_store
+from messaging.delivery import CHAT_MESSAGE_EVENT, deliver_frame
+from messaging.types import Message
+from presence.backends import session_registry
+
+logger = logging.getLogger(__name__)
+
+
+async def dispatch_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        return
+    await database_sync_to_async(message_store().save_messages)(messages)
+    members_by_chat = await database_sync_to_async(selectors.chat_member_ids)({m.chat_id for m in messages})
+    recipients = {user_id for members in members_by_chat.values() for user_id in members}
+    devices = await session_registry().lookup(recipients)
+    for message in messages:
+        connections = [
+            connection
+            for user_id in members_by_chat.get(message.chat_id, [])
+            for connection in devices.get(user_id, [])
+        ]
+        await deliver_frame(connections, event_type=CHAT_MESSAGE_EVENT, frame=message.to_frame())
+
