@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, cast
 
 import orjson
 from django.contrib.auth.models import AnonymousUser, User
@@ -51,7 +51,9 @@ def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
 
 def api_view(
     *, methods: set[str], auth: bool = True
-) -> Callable[[Callable[Concatenate[HttpRequest, P], HttpResponse]], Callable[Concatenate[HttpRequest, P], HttpResponse]]:
+) -> Callable[
+    [Callable[Concatenate[HttpRequest, P], HttpResponse]], Callable[Concatenate[HttpRequest, P], HttpResponse]
+]:
     """Wrap an API view: method check, bearer-or-session auth, error mapping.
 
     Bearer requests skip CSRF (no ambient credentials); browser requests that
@@ -82,7 +84,7 @@ def api_view(
                 return error_response(error.code, error.message, error.http_status)
 
         wrapper.csrf_exempt = True  # type: ignore[attr-defined]
-        return wrapper
+        return cast(Callable[Concatenate[HttpRequest, P], HttpResponse], wrapper)
 
     return decorate
 

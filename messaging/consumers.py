@@ -57,9 +57,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "read": self.handle_read,
         }
         await self.accept()
-        self.connection = Connection(
-            user_id=user.pk, server_id=settings.CHAT_SERVER_ID, channel_name=self.channel_name
-        )
+        self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, channel_name=self.channel_name)
         for frame in await presence_connect(user=user, connection=self.connection):
             await self.send(text_data=encode_frame(frame))
 
@@ -104,9 +102,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         body = _field(frame, "body", str)
         if not self.send_bucket.allow():
             raise RateLimited("too many messages; slow down and retry with the same client_msg_id")
-        message = await services.message_send(
-            sender=self.user, chat_id=chat_id, client_msg_id=client_msg_id, body=body
-        )
+        message = await services.message_send(sender=self.user, chat_id=chat_id, client_msg_id=client_msg_id, body=body)
         ack: AckFrame = {
             "type": "ack",
             "client_msg_id": client_msg_id,

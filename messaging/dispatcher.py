@@ -34,4 +34,3 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
             for connection in devices.get(user_id, [])
         ]
         await deliver_frame(connections, event_type=CHAT_MESSAGE_EVENT, frame=message.to_frame())
-

@@ -41,9 +41,7 @@ def timeuuid_from_parts(timestamp: int, clock_seq: int, node: int) -> uuid.UUID:
     time_hi_version = ((timestamp >> 48) & 0x0FFF) | (1 << 12)
     clock_seq_low = clock_seq & 0xFF
     clock_seq_hi_variant = ((clock_seq >> 8) & 0x3F) | 0x80
-    return uuid.UUID(
-        fields=(time_low, time_mid, time_hi_version, clock_seq_hi_variant, clock_seq_low, node)
-    )
+    return uuid.UUID(fields=(time_low, time_mid, time_hi_version, clock_seq_hi_variant, clock_seq_low, node))
 
 
 def timeuuid_for_time(moment: datetime) -> uuid.UUID:

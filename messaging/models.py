@@ -19,9 +19,7 @@ class Chat(models.Model):
     name = models.CharField(max_length=settings.CHAT_MAX_CHAT_NAME_CHARS, blank=True)
     # "<smaller user id>:<larger user id>" for direct chats, so a pair has one chat.
     direct_key = models.CharField(max_length=64, unique=True, null=True, blank=True, editable=False)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(  # type: ignore[var-annotated]
         settings.AUTH_USER_MODEL, through="Membership", related_name="chats"
@@ -74,6 +72,4 @@ class ClientMessageClaim(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["sender", "client_msg_id"], name="one_message_per_client_id")
-        ]
+        constraints = [models.UniqueConstraint(fields=["sender", "client_msg_id"], name="one_message_per_client_id")]

@@ -52,9 +52,7 @@ def is_member(*, user_id: int, chat_id: int) -> bool:
 
 def chat_member_ids(chat_ids: Iterable[int]) -> dict[int, list[int]]:
     members: dict[int, list[int]] = defaultdict(list)
-    for chat_id, user_id in Membership.objects.filter(chat_id__in=list(chat_ids)).values_list(
-        "chat_id", "user_id"
-    ):
+    for chat_id, user_id in Membership.objects.filter(chat_id__in=list(chat_ids)).values_list("chat_id", "user_id"):
         members[chat_id].append(user_id)
     return members
 

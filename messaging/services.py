@@ -107,7 +107,9 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
         body=body,
         client_msg_id=client_msg_id,
     )
-    stored = await database_sync_to_async(store.get_message)(chat_id=chat_id, message_id=message_id)
+    stored: Message | None = await database_sync_to_async(store.get_message)(
+        chat_id=chat_id, message_id=message_id
+    )
     if stored is not None:
         return stored
     await message_bus().publish(message)
@@ -132,9 +134,7 @@ async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> 
     stored = await database_sync_to_async(message_store().get_message)(chat_id=chat_id, message_id=message_id)
     if stored is None:
         raise BadRequest("no such message in this chat")
-    moved = await database_sync_to_async(_advance_read_marker)(
-        user_id=user.pk, chat_id=chat_id, message_id=message_id
-    )
+    moved = await database_sync_to_async(_advance_read_marker)(user_id=user.pk, chat_id=chat_id, message_id=message_id)
     if not moved:
         return
     frame: ReadFrame = {"type": "read", "chat_id": chat_id, "user": user.username, "message_id": str(message_id)}

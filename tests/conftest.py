@@ -47,14 +47,18 @@ def live_server_embedded() -> Iterator[LiveServer]:
         CHAT_SQLITE_PATH=str(workdir / "db.sqlite3"),
         CHAT_SEND_BURST="1000",
     )
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True
+    )
     port = free_port()
     log = workdir / "daphne.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(port, process, log)

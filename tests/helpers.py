@@ -40,8 +40,9 @@ class ApiClient:
         self.base_url = base_url
         self.token = token
 
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                token: str | None = None) -> Reply:
+    def request(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, token: str | None = None
+    ) -> Reply:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")

@@ -14,8 +14,7 @@ def make_chat(owner: ApiClient, *others: ApiClient) -> int:
     if len(others) == 1:
         reply = owner.post("/api/chats", {"kind": "direct", "members": [others[0].username]})  # type: ignore[attr-defined]
     else:
-        reply = owner.post("/api/chats", {"kind": "group", "name": "team",
-                                          "members": [o.username for o in others]})  # type: ignore[attr-defined]
+        reply = owner.post("/api/chats", {"kind": "group", "name": "team", "members": [o.username for o in others]})  # type: ignore[attr-defined]
     assert reply.status in (200, 201), reply.body
     return int(reply.body["chat_id"])
 

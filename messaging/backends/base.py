@@ -40,9 +40,7 @@ class MessageStore(Protocol):
 
     def latest_messages(self, chat_ids: Sequence[int]) -> dict[int, Message]: ...
 
-    def count_after(
-        self, *, chat_id: int, after: uuid.UUID | None, exclude_sender_id: int, cap: int
-    ) -> int:
+    def count_after(self, *, chat_id: int, after: uuid.UUID | None, exclude_sender_id: int, cap: int) -> int:
         """How many messages follow ``after`` from senders other than the given
         one, counting at most ``cap``."""
 

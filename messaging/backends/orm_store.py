@@ -83,9 +83,7 @@ class OrmMessageStore:
                 latest[chat_id] = _to_message(row)
         return latest
 
-    def count_after(
-        self, *, chat_id: int, after: uuid.UUID | None, exclude_sender_id: int, cap: int
-    ) -> int:
+    def count_after(self, *, chat_id: int, after: uuid.UUID | None, exclude_sender_id: int, cap: int) -> int:
         rows = StoredMessage.objects.filter(chat_id=chat_id).exclude(sender_id=exclude_sender_id)
         if after is not None:
             rows = rows.filter(sort_key__gt=message_sort_key(after))

@@ -35,7 +35,7 @@ class Reader:
     def take(self, n):
         if self.pos + n > len(self.data):
             raise ValueError("truncated response")
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -100,7 +100,7 @@ def cql_read(sock):
     if opcode == 0x00:  # ERROR
         r = Reader(body)
         code = r.int32()
-        raise RuntimeError("CQL error 0x%04x: %s" % (code, r.string16()))
+        raise RuntimeError(f"CQL error 0x{code:04x}: {r.string16()}")
     return opcode, body
 
 
@@ -118,13 +118,13 @@ def cql(host, port):
         if opcode == 0x03:
             return "cql native transport up (authentication required, query skipped)"
         if opcode != 0x02:
-            raise ValueError("unexpected reply to STARTUP: opcode 0x%02x" % opcode)
-        query = "SELECT release_version FROM system.local".encode()
+            raise ValueError(f"unexpected reply to STARTUP: opcode 0x{opcode:02x}")
+        query = b"SELECT release_version FROM system.local"
         body = struct.pack(">i", len(query)) + query + struct.pack(">HB", 0x0001, 0)
         s.sendall(cql_frame(0x07, body, stream=1))
         opcode, body = cql_read(s)
     if opcode != 0x08:
-        raise ValueError("unexpected reply to QUERY: opcode 0x%02x" % opcode)
+        raise ValueError(f"unexpected reply to QUERY: opcode 0x{opcode:02x}")
     r = Reader(body)
     if r.int32() != 2:  # Rows
         raise ValueError("QUERY did not return rows")
@@ -163,7 +163,7 @@ def redis(host, port):
                 break
             reply += chunk
     if reply.strip() != b"+PONG":
-        raise ValueError("unexpected PING reply %r" % reply[:80])
+        raise ValueError(f"unexpected PING reply {reply[:80]!r}")
     return "redis PONG"
 
 
@@ -175,8 +175,8 @@ def main(argv):
     try:
         print(fn(argv[2], int(argv[3])))
         return 0
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        sys.stderr.write("%s probe of %s:%s failed: %s\n" % (argv[1], argv[2], argv[3], exc))
+    except Exception as exc:
+        sys.stderr.write(f"{argv[1]} probe of {argv[2]}:{argv[3]} failed: {exc}\n")
         return 1
 
 

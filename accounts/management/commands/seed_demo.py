@@ -23,12 +23,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         users: dict[str, User] = {}
+        existing: set[str] = set()
         for username in DEMO_USERS:
             user, created = User.objects.get_or_create(username=username)
             if created:
                 user.set_password(options["password"])
                 user.save()
                 self.stdout.write(f"created user {username}")
+            else:
+                existing.add(username)
             users[username] = user
         chat_create_direct(creator=users["alice"], other_username="bob")
         if not Chat.objects.filter(kind=Chat.Kind.GROUP, name=DEMO_GROUP).exists():
@@ -36,4 +39,5 @@ class Command(BaseCommand):
             self.stdout.write(f"created group chat {DEMO_GROUP!r}")
         self.stdout.write(self.style.SUCCESS("Demo logins (username / password):"))
         for username in DEMO_USERS:
-            self.stdout.write(f"  {username} / {options['password']}")
+            note = "  (existed already: password unchanged)" if username in existing else ""
+            self.stdout.write(f"  {username} / {options['password']}{note}")

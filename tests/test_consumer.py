@@ -1,0 +1,192 @@
+"""The chat gateway driven in-process through channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import override_settings
+
+from accounts.services import token_issue
+from chatsite.asgi import application
+from messaging.backends import message_bus, reset_backends
+from messaging.services import chat_create_direct, chat_create_group
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def make_user(name: str) -> tuple[User, str]:
+    user = User.objects.create_user(username=name, password="x-irrelevant-x")
+    return user, token_issue(user=user)
+
+
+async def connect(token: str | None, headers: list[tuple[bytes, bytes]] | None = None) -> WebsocketCommunicator:
+    all_headers = list(headers or [])
+    if token:
+        all_headers.append((b"authorization", f"Bearer {token}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=all_headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def next_of(communicator: WebsocketCommunicator, frame_type: str) -> dict[str, Any]:
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=5))
+        if frame["type"] == frame_type:
+            return frame
+
+
+async def frame_types_until_quiet(communicator: WebsocketCommunicator) -> list[str]:
+    types = []
+    while not await communicator.receive_nothing(timeout=0.3):
+        types.append(json.loads(await communicator.receive_from())["type"])
+    return types
+
+
+async def test_unauthenticated_handshake_is_refused() -> None:
+    communicator = WebsocketCommunicator(application, "/ws/chat/")
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_send_is_acked_and_delivered_to_both_sides() -> None:
+    (alice, alice_token), (_bob, bob_token) = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    alice_ws, bob_ws = await connect(alice_token), await connect(bob_token)
+    await alice_ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "c1", "body": "<b>hi</b>"})
+    ack = await next_of(alice_ws, "ack")
+    assert ack == {"type": "ack", "client_msg_id": "c1", "message_id": ack["message_id"], "chat_id": chat.pk}
+    delivered = await next_of(bob_ws, "message")
+    assert delivered["message_id"] == ack["message_id"]
+    assert delivered["body"] == "<b>hi</b>"
+    assert (await next_of(alice_ws, "message"))["message_id"] == ack["message_id"]
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
+
+
+async def test_typing_reaches_the_other_members_only() -> None:
+    (alice, alice_token), (_bob, bob_token) = await make_user("alice"), await make_user("bob")
+    _, carol_token = await make_user("carol")
+    chat = await database_sync_to_async(chat_create_group)(creator=alice, name="g", member_usernames=["bob", "carol"])
+    alice_ws, bob_ws, carol_ws = await connect(alice_token), await connect(bob_token), await connect(carol_token)
+    await alice_ws.send_json_to({"type": "typing", "chat_id": chat.pk})
+    assert await next_of(bob_ws, "typing") == {"type": "typing", "chat_id": chat.pk, "user": "alice"}
+    assert await next_of(carol_ws, "typing") == {"type": "typing", "chat_id": chat.pk, "user": "alice"}
+    await alice_ws.send_json_to({"type": "heartbeat"})
+    assert "typing" not in await frame_types_until_quiet(alice_ws)  # not echoed to the typist
+    for ws in (alice_ws, bob_ws, carol_ws):
+        await ws.disconnect()
+
+
+async def test_read_receipt_is_relayed_and_moves_only_forward() -> None:
+    (alice, alice_token), (_bob, bob_token) = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    alice_ws, bob_ws = await connect(alice_token), await connect(bob_token)
+    ids = []
+    for n in range(2):
+        await alice_ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": f"r{n}", "body": "x"})
+        ids.append((await next_of(alice_ws, "ack"))["message_id"])
+    await message_bus().drain()  # type: ignore[attr-defined]
+    await bob_ws.send_json_to({"type": "read", "chat_id": chat.pk, "message_id": ids[1]})
+    receipt = await next_of(alice_ws, "read")
+    assert receipt == {"type": "read", "chat_id": chat.pk, "user": "bob", "message_id": ids[1]}
+    # Reading an older message does not move the marker back, and tells nobody.
+    await bob_ws.send_json_to({"type": "read", "chat_id": chat.pk, "message_id": ids[0]})
+    await bob_ws.send_json_to({"type": "read", "chat_id": chat.pk, "message_id": str(uuid.uuid1())})
+    assert (await next_of(bob_ws, "error"))["code"] == "bad_request"
+    assert "read" not in await frame_types_until_quiet(alice_ws)
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
+
+
+async def test_presence_goes_online_and_offline_for_contacts() -> None:
+    (alice, alice_token), (_bob, bob_token) = await make_user("alice"), await make_user("bob")
+    await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    alice_ws = await connect(alice_token)
+    snapshot = await next_of(alice_ws, "presence")
+    assert snapshot["user"] == "bob"
+    assert snapshot["status"] == "offline"
+    bob_ws = await connect(bob_token)
+    online = await next_of(alice_ws, "presence")
+    assert (online["user"], online["status"]) == ("bob", "online")
+    bob_second = await connect(bob_token)  # a second device changes nothing for alice
+    await bob_second.disconnect()
+    await bob_ws.disconnect()
+    offline = await next_of(alice_ws, "presence")
+    assert (offline["user"], offline["status"]) == ("bob", "offline")
+    assert offline["last_seen"].endswith("Z")
+    await alice_ws.disconnect()
+
+
+@override_settings(CHAT_SEND_RATE_PER_SECOND=0.001, CHAT_SEND_BURST=2)
+async def test_a_flooding_connection_is_rate_limited() -> None:
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    for n in range(3):
+        await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": f"f{n}", "body": "spam"})
+    assert (await next_of(ws, "ack"))["client_msg_id"] == "f0"
+    assert (await next_of(ws, "ack"))["client_msg_id"] == "f1"
+    limited = await next_of(ws, "error")
+    assert (limited["code"], limited["client_msg_id"]) == ("rate_limited", "f2")
+    await ws.disconnect()
+
+
+async def test_malformed_frames_are_refused_one_by_one() -> None:
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    bad_frames: list[Any] = [
+        "[]",
+        '"just a string"',
+        {"type": "dance"},
+        {"chat_id": chat.pk},
+        {"type": "send", "chat_id": chat.pk, "body": "no id"},
+        {"type": "send", "chat_id": True, "client_msg_id": "b", "body": "x"},
+        {"type": "send", "chat_id": chat.pk, "client_msg_id": "c", "body": 5},
+        {"type": "send", "chat_id": chat.pk, "client_msg_id": "d", "body": "   "},
+        {"type": "send", "chat_id": chat.pk, "client_msg_id": "", "body": "x"},
+        {"type": "read", "chat_id": chat.pk, "message_id": "not-a-uuid"},
+        {"type": "typing"},
+    ]
+    for frame in bad_frames:
+        await ws.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+        error = await next_of(ws, "error")
+        assert error["code"] == "bad_request", frame
+    await ws.send_to(text_data="x" * 70_000)
+    assert (await next_of(ws, "error"))["code"] == "bad_request"
+    await message_bus().drain()  # type: ignore[attr-defined]
+    from messaging.models import StoredMessage
+
+    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    await ws.disconnect()
+
+
+async def test_browser_session_cookie_needs_our_own_origin() -> None:
+    alice, _ = await make_user("alice")
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    ours = await connect(None, headers=[(b"cookie", cookie), (b"origin", b"http://localhost:8000")])
+    await ours.disconnect()
+    foreign = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"cookie", cookie), (b"origin", b"http://evil.example")]
+    )
+    connected, _ = await foreign.connect()
+    assert not connected
+
+
+@pytest.fixture(autouse=True)
+def fresh_backends() -> Any:
+    reset_backends()
+    yield
+    reset_backends()
