@@ -7,7 +7,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv migrate lint typecheck pytest browser clean
+.PHONY: run run-full test venv migrate lint typecheck pytest browser services-up services-down services-status clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
@@ -28,6 +28,26 @@ run: migrate
 	@echo "==> serving on http://$(HOST):$(PORT)/  (demo logins: alice, bob, carol / chat-demo-2026)"
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
+# The real engines: Kafka, Cassandra, Redis, PostgreSQL (see docs/services.md).
+services-up:
+	scripts/services/services.sh up
+
+services-down:
+	scripts/services/services.sh down
+
+services-status:
+	scripts/services/services.sh status
+
+# The full pipeline on the real engines: two chat servers (PORT, PORT+1),
+# two Kafka dispatchers and a notification worker.
+FULL_ENV := CHAT_MODE=full DATABASE_URL=$${DATABASE_URL:-postgres://chat:chat@127.0.0.1:5432/chat}
+run-full: venv services-up
+	@mkdir -p var
+	$(FULL_ENV) $(PY) manage.py migrate --noinput
+	$(FULL_ENV) $(PY) manage.py chat_setup
+	@if [ ! -f var/.demo-seeded-full ]; then $(FULL_ENV) $(PY) manage.py seed_demo && touch var/.demo-seeded-full; fi
+	$(FULL_ENV) $(PY) manage.py run_full --host $(HOST) --port $(PORT)
+
 browser:
 	@scripts/ensure-chromium.sh
 
@@ -38,7 +58,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy .
 
-pytest: venv browser
+pytest: venv browser services-up
 	$(VENV)/bin/pytest
 
 # Set everything up and run the whole suite: lint, types, tests.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -101,14 +102,36 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": env_str("CHAT_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
-        # SQLite serialises writers; wait for the lock instead of failing fast.
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+
+def database_from_url(url: str) -> dict[str, object]:
+    """A Django DATABASES entry from ``postgres://user:password@host:port/name``."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"postgres", "postgresql"}:
+        raise RuntimeError(f"DATABASE_URL must be a postgres:// URL, got scheme {parsed.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")),
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "",
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
     }
-}
+
+
+DATABASE_URL = env_str("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": database_from_url(DATABASE_URL)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("CHAT_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
+            # SQLite serialises writers; wait for the lock instead of failing fast.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -166,18 +189,82 @@ CHAT_DISPATCH_BATCH_SIZE = env_int("CHAT_DISPATCH_BATCH_SIZE", 500)
 CHAT_PUBLIC_WS_URL = env_str("CHAT_PUBLIC_WS_URL", "")
 CHAT_SERVER_ID = env_str("CHAT_SERVER_ID", f"{os.uname().nodename}-{os.getpid()}")
 
-CHAT_BACKENDS = {
-    "message_store": "messaging.backends.orm_store.OrmMessageStore",
-    "message_bus": "messaging.backends.inprocess_bus.InProcessMessageBus",
-    "session_registry": "presence.registry.InProcessSessionRegistry",
-    "server_directory": "presence.directory.SingleServerDirectory",
+# A chat server counts as live while it heartbeats within this many seconds.
+CHAT_SERVER_TTL_SECONDS = env_float("CHAT_SERVER_TTL_SECONDS", 15.0)
+CHAT_SERVER_HEARTBEAT_SECONDS = env_float("CHAT_SERVER_HEARTBEAT_SECONDS", 5.0)
+# Wait before a dispatcher retries a failed batch.
+CHAT_DISPATCH_RETRY_SECONDS = env_float("CHAT_DISPATCH_RETRY_SECONDS", 1.0)
+CHAT_CHANNEL_CAPACITY = env_int("CHAT_CHANNEL_CAPACITY", 1000)
+
+# Real engines (CHAT_MODE=full).
+CHAT_REDIS_URL = env_str("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHAT_REDIS_PREFIX = env_str("CHAT_REDIS_PREFIX", "chat")
+# redis-py 8's default pool fails with "Too many connections" at about 100 sockets.
+CHAT_REDIS_MAX_CONNECTIONS = env_int("CHAT_REDIS_MAX_CONNECTIONS", 1000)
+CHAT_REDIS_TIMEOUT_SECONDS = env_float("CHAT_REDIS_TIMEOUT_SECONDS", 5.0)
+CHAT_KAFKA_BOOTSTRAP_SERVERS = env_list("CHAT_KAFKA_BOOTSTRAP_SERVERS", ["127.0.0.1:9092"])
+CHAT_KAFKA_TOPIC = env_str("CHAT_KAFKA_TOPIC", "incoming_messages")
+CHAT_KAFKA_PARTITIONS = env_int("CHAT_KAFKA_PARTITIONS", 6)
+CHAT_KAFKA_REPLICATION_FACTOR = env_int("CHAT_KAFKA_REPLICATION_FACTOR", 1)
+CHAT_KAFKA_GROUP = env_str("CHAT_KAFKA_GROUP", "dispatchers")
+CHAT_KAFKA_LINGER_MS = env_int("CHAT_KAFKA_LINGER_MS", 1)
+CHAT_KAFKA_MAX_BLOCK_MS = env_int("CHAT_KAFKA_MAX_BLOCK_MS", 3000)
+CHAT_KAFKA_REQUEST_TIMEOUT_MS = env_int("CHAT_KAFKA_REQUEST_TIMEOUT_MS", 5000)
+CHAT_KAFKA_RETRIES = env_int("CHAT_KAFKA_RETRIES", 5)
+CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS = env_float("CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS", 10.0)
+CHAT_CASSANDRA_HOSTS = env_list("CHAT_CASSANDRA_HOSTS", ["127.0.0.1"])
+CHAT_CASSANDRA_PORT = env_int("CHAT_CASSANDRA_PORT", 9042)
+CHAT_CASSANDRA_KEYSPACE = env_str("CHAT_CASSANDRA_KEYSPACE", "chat")
+# History partitions are (chat_id, bucket) with buckets this many seconds wide.
+CHAT_CASSANDRA_BUCKET_SECONDS = env_int("CHAT_CASSANDRA_BUCKET_SECONDS", 10 * 24 * 3600)
+CHAT_CASSANDRA_REPLICATION = {
+    "class": env_str("CHAT_CASSANDRA_REPLICATION_CLASS", "SimpleStrategy"),
+    **{
+        key: value
+        for key, value in (
+            item.split("=", 1) for item in env_list("CHAT_CASSANDRA_REPLICATION", ["replication_factor=1"])
+        )
+    },
 }
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels.layers.InMemoryChannelLayer",
-        "CONFIG": {"capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000)},
+if CHAT_MODE == "full":
+    CHAT_BACKENDS = {
+        "message_store": "messaging.backends.cassandra_store.CassandraMessageStore",
+        "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+        "session_registry": "presence.redis_registry.RedisSessionRegistry",
+        "server_directory": "presence.redis_registry.RedisServerDirectory",
     }
-}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": CHAT_REDIS_URL, "max_connections": CHAT_REDIS_MAX_CONNECTIONS}],
+                "capacity": CHAT_CHANNEL_CAPACITY,
+                "prefix": f"{CHAT_REDIS_PREFIX}:layer:",
+            },
+        }
+    }
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", CHAT_REDIS_URL)
+    CELERY_TASK_ALWAYS_EAGER = False
+else:
+    CHAT_BACKENDS = {
+        "message_store": "messaging.backends.orm_store.OrmMessageStore",
+        "message_bus": "messaging.backends.inprocess_bus.InProcessMessageBus",
+        "session_registry": "presence.registry.InProcessSessionRegistry",
+        "server_directory": "presence.directory.SingleServerDirectory",
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": CHAT_CHANNEL_CAPACITY},
+        }
+    }
+    # Tasks run inline: no broker on the embedded default.
+    CELERY_BROKER_URL = "memory://"
+    CELERY_TASK_ALWAYS_EAGER = True
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ROUTES = {"messaging.push_notify": {"queue": "notifications"}}
 # Messages the in-process bus holds before it refuses more (backpressure).
 CHAT_BUS_QUEUE_SIZE = env_int("CHAT_BUS_QUEUE_SIZE", 10000)

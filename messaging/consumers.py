@@ -21,6 +21,7 @@ from messaging.errors import BadRequest, ChatError, RateLimited
 from messaging.ids import parse_message_id
 from messaging.ratelimit import TokenBucket
 from messaging.types import AckFrame, ErrorFrame
+from presence.local import connection_closed, connection_opened
 from presence.registry import Connection
 from presence.services import presence_connect, presence_disconnect, presence_heartbeat
 
@@ -57,14 +58,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "read": self.handle_read,
         }
         await self.accept()
+        connection_opened()
         self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, channel_name=self.channel_name)
         for frame in await presence_connect(user=user, connection=self.connection):
             await self.send(text_data=encode_frame(frame))
 
     async def disconnect(self, code: int) -> None:
         if self.connection is not None:
-            await presence_disconnect(user=self.user, connection=self.connection)
-            self.connection = None
+            connection_closed()
+            connection, self.connection = self.connection, None
+            await presence_disconnect(user=self.user, connection=connection)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from messaging import selectors
@@ -28,9 +29,21 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
     recipients = {user_id for members in members_by_chat.values() for user_id in members}
     devices = await session_registry().lookup(recipients)
     for message in messages:
-        connections = [
-            connection
-            for user_id in members_by_chat.get(message.chat_id, [])
-            for connection in devices.get(user_id, [])
-        ]
+        members = members_by_chat.get(message.chat_id, [])
+        connections = [connection for user_id in members for connection in devices.get(user_id, [])]
         await deliver_frame(connections, event_type=CHAT_MESSAGE_EVENT, frame=message.to_frame())
+        offline = [user_id for user_id in members if user_id not in devices and user_id != message.sender_id]
+        if offline:
+            await sync_to_async(_hand_to_push)(message, offline)
+
+
+def _hand_to_push(message: Message, user_ids: list[int]) -> None:
+    from messaging.tasks import push_notify
+
+    push_notify.delay(
+        user_ids=user_ids,
+        chat_id=message.chat_id,
+        message_id=str(message.message_id),
+        sender=message.sender,
+        preview=message.body,
+    )

@@ -73,3 +73,17 @@ class ClientMessageClaim(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["sender", "client_msg_id"], name="one_message_per_client_id")]
+
+
+class PushNotification(models.Model):
+    """A push notification owed to an offline member (recorded; no push provider yet)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    chat_id = models.BigIntegerField()
+    message_id = models.UUIDField()
+    sender = models.CharField(max_length=150)
+    preview = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "message_id"], name="one_notification_per_message")]

@@ -16,7 +16,7 @@ from messaging.backends import message_bus, message_store
 from messaging.delivery import CHAT_READ_EVENT, CHAT_TYPING_EVENT, deliver_frame
 from messaging.errors import BadRequest, NotMember, TooLarge, Unavailable, UserNotFound
 from messaging.ids import message_sort_key, new_message_id
-from messaging.models import Chat, Membership
+from messaging.models import Chat, Membership, PushNotification
 from messaging.types import Message, ReadFrame, TypingFrame
 from presence.backends import session_registry
 
@@ -107,9 +107,7 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
         body=body,
         client_msg_id=client_msg_id,
     )
-    stored: Message | None = await database_sync_to_async(store.get_message)(
-        chat_id=chat_id, message_id=message_id
-    )
+    stored: Message | None = await database_sync_to_async(store.get_message)(chat_id=chat_id, message_id=message_id)
     if stored is not None:
         return stored
     await message_bus().publish(message)
@@ -157,3 +155,21 @@ async def _deliver_to_chat(
     devices = await session_registry().lookup(recipients)
     connections = [connection for user_devices in devices.values() for connection in user_devices]
     await deliver_frame(connections, event_type=event_type, frame=frame)
+
+
+NOTIFICATION_PREVIEW_CHARS = 200
+
+
+def notification_record(*, user_ids: list[int], chat_id: int, message_id: str, sender: str, preview: str) -> int:
+    """Record push notifications for offline members; a replay records nothing new."""
+    rows = [
+        PushNotification(
+            user_id=user_id,
+            chat_id=chat_id,
+            message_id=uuid.UUID(message_id),
+            sender=sender,
+            preview=preview[:NOTIFICATION_PREVIEW_CHARS],
+        )
+        for user_id in user_ids
+    ]
+    return len(PushNotification.objects.bulk_create(rows, ignore_conflicts=True))

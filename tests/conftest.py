@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ApiClient, LiveServer
+from chatsite.topology import Topology, full_topology, wait_for_consumer_group
+from tests.helpers import ApiClient, FullStack, LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,103 @@ def live_server_embedded() -> Iterator[LiveServer]:
             process.kill()
 
 
+def ensure_services() -> None:
+    """Start the real servers (idempotent: running ones are left alone)."""
+    result = subprocess.run([str(REPO / "scripts/services/services.sh"), "up"], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"the real servers did not start:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def create_postgres_database(name: str) -> str:
+    import psycopg
+
+    admin_url = os.environ.get("CHAT_TEST_POSTGRES_URL", "postgres://chat:chat@127.0.0.1:5432/postgres")
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def full_stack() -> Iterator[FullStack]:
+    """The full pipeline on real Kafka, Cassandra, Redis and PostgreSQL: two
+    chat servers, two Celery dispatchers, one notification worker."""
+    ensure_services()
+    run_id = f"t{os.getpid()}"
+    workdir = Path(tempfile.mkdtemp(prefix="chat-full-"))
+    redis_url = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    env = {
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "CHAT_MODE": "full",
+        "CHAT_VAR_DIR": str(workdir),
+        "DATABASE_URL": create_postgres_database(f"chat_{run_id}"),
+        "CHAT_REDIS_URL": redis_url,
+        "CHAT_REDIS_PREFIX": f"chat{run_id}",
+        "CELERY_BROKER_URL": redis_url,
+        "CHAT_KAFKA_TOPIC": f"incoming_messages_{run_id}",
+        "CHAT_KAFKA_GROUP": f"dispatchers_{run_id}",
+        "CHAT_CASSANDRA_KEYSPACE": f"chat_{run_id}",
+        # Small buckets, so ordinary tests cross partition boundaries.
+        "CHAT_CASSANDRA_BUCKET_SECONDS": "2",
+        "CHAT_SEND_BURST": "1000",
+    }
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    setup_env = {**os.environ, **env}
+    for command in (["migrate", "--noinput"], ["chat_setup"]):
+        done = subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=REPO, env=setup_env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.fail(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    port = free_port()
+    while not port_is_free(port + 1):
+        port = free_port()
+    topology = Topology(full_topology(host="127.0.0.1", port=port), env=env, log_dir=workdir / "logs")
+    topology.start()
+    try:
+        topology.wait_for_ports()
+        wait_for_consumer_group(bootstrap_servers=["127.0.0.1:9092"], group=env["CHAT_KAFKA_GROUP"], members=2)
+        topology.check_alive()
+        yield FullStack(
+            base_url=f"http://127.0.0.1:{port}",
+            log=workdir / "logs",
+            env=env,
+            ports=[port, port + 1],
+            topology=topology,
+        )
+    finally:
+        topology.stop()
+        drop_cassandra_keyspace(env["CHAT_CASSANDRA_KEYSPACE"])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def drop_cassandra_keyspace(keyspace: str) -> None:
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster(["127.0.0.1"], port=int(os.environ.get("CHAT_CASSANDRA_PORT", "9042")))
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(params=["embedded", "full"])
+def chat_server(request: pytest.FixtureRequest) -> LiveServer:
+    """The same protocol tests run against both topologies."""
+    server: LiveServer = request.getfixturevalue("full_stack" if request.param == "full" else "live_server_embedded")
+    return server
+
+
 @pytest.fixture
-def api(live_server_embedded: LiveServer) -> ApiClient:
-    return ApiClient(live_server_embedded.base_url)
+def api(chat_server: LiveServer) -> ApiClient:
+    return ApiClient(chat_server.base_url)

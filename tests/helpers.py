@@ -30,6 +30,13 @@ class LiveServer:
 
 
 @dataclass
+class FullStack(LiveServer):
+    env: dict[str, str]
+    ports: list[int]
+    topology: Any
+
+
+@dataclass
 class Reply:
     status: int
     body: Any
@@ -70,6 +77,7 @@ class ApiClient:
         assert reply.status == 201, reply.body
         client = ApiClient(self.base_url, reply.body["token"])
         client.username = username  # type: ignore[attr-defined]
+        client.user_id = reply.body["user"]["id"]  # type: ignore[attr-defined]
         return client
 
     def ws(self) -> ChatSocket:

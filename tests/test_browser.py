@@ -36,12 +36,10 @@ def log_in(browser: Browser, base_url: str, username: str) -> Page:
     return page
 
 
-def test_two_users_chat_live_and_html_shows_as_text(
-    browser: Browser, live_server_embedded: LiveServer, api: ApiClient
-) -> None:
+def test_two_users_chat_live_and_html_shows_as_text(browser: Browser, chat_server: LiveServer, api: ApiClient) -> None:
     alice, bob = api.signup("alice"), api.signup("bob")
-    alice_page = log_in(browser, live_server_embedded.base_url, alice.username)  # type: ignore[attr-defined]
-    bob_page = log_in(browser, live_server_embedded.base_url, bob.username)  # type: ignore[attr-defined]
+    alice_page = log_in(browser, chat_server.base_url, alice.username)  # type: ignore[attr-defined]
+    bob_page = log_in(browser, chat_server.base_url, bob.username)  # type: ignore[attr-defined]
 
     # Alice starts a direct chat from the chat list.
     alice_page.get_by_label("Username").fill(bob.username)  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@
 #   scripts/services/kafka.sh {install|start|stop|restart|status}
 #
 # Env: KAFKA_VERSION (4.4.0), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093),
-#      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (120 s), CHAT_VAR_DIR, JAVA_HOME
+#      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (120 s), KAFKA_JVM_OPTS (extra JVM
+#      flags), SERVICES_C1_ONLY (1 = C1 JIT only), CHAT_VAR_DIR, JAVA_HOME
 SVC_NAME=kafka
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -19,7 +20,9 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 
+HEAP_VAR=KAFKA_HEAP
 svc_dirs kafka
+SVC_PORT="$KAFKA_PORT"
 LOG_FILE="$SVC_LOGS/server.log"
 OUT_FILE="$SVC_LOGS/stdout.log"
 LOG_DIRS="$SVC_DATA/kraft-combined-logs"
@@ -89,13 +92,18 @@ EOF
 }
 
 java_base() {
-  JAVA_CMD=("$JAVA" "-Xms$KAFKA_HEAP" "-Xmx$KAFKA_HEAP"
+  JAVA_CMD=("$JAVA" "-Xms$KAFKA_HEAP" "-Xmx$KAFKA_HEAP" "${JIT_OPTS[@]}"
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
     -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError
+    "-XX:ErrorFile=$SVC_LOGS/hs_err_pid%p.log"
     -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$SVC_CONF/log4j2.properties"
     "-Dkafka.logs.dir=$SVC_LOGS"
     -cp "$SVC_LIB/*")
+  if [[ -n "${KAFKA_JVM_OPTS:-}" ]]; then
+    # shellcheck disable=SC2206 # intentional word splitting of extra flags
+    JAVA_CMD=("${JAVA_CMD[0]}" $KAFKA_JVM_OPTS "${JAVA_CMD[@]:1}")
+  fi
 }
 
 format_storage() {
@@ -108,6 +116,7 @@ format_storage() {
     head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$cluster_id_file"
   fi
   cluster_id="$(cat "$cluster_id_file")"
+  rm -f "$SVC_LOGS/format.log"
   log "formatting KRaft storage in $LOG_DIRS (cluster id $cluster_id)"
   if ! "${JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
       -c "$SVC_CONF/server.properties" --ignore-formatted >"$SVC_LOGS/format.log" 2>&1; then
@@ -131,6 +140,7 @@ start() {
       return 0
     fi
     log "kafka process $pid exists but is not ready yet, waiting..."
+    mark_logs "$LOG_FILE" "$OUT_FILE" "$SVC_LOGS/format.log"
     wait_ready "$KAFKA_START_TIMEOUT" "$pid" ready "$LOG_FILE" "$OUT_FILE" \
       || die "kafka (pid $pid) is not answering; try: $0 restart"
     ok "kafka ready (pid $pid) on $SERVICES_BIND:$KAFKA_PORT"
@@ -138,6 +148,7 @@ start() {
   fi
   check_port "$KAFKA_PORT" "kafka broker" KAFKA_PORT
   check_port "$KAFKA_CONTROLLER_PORT" "kafka controller" KAFKA_CONTROLLER_PORT
+  mark_logs "$LOG_FILE" "$OUT_FILE" "$SVC_LOGS/format.log"
   write_config
   java_base
   format_storage
@@ -147,7 +158,7 @@ start() {
   cd "$SVC_DIR"
   printf '\n===== %s start =====\n' "$(date -Is)" >>"$OUT_FILE"
   setsid nohup "${JAVA_CMD[@]}" -Dchat.service=kafka kafka.Kafka "$SVC_CONF/server.properties" \
-    >>"$OUT_FILE" 2>&1 </dev/null &
+    >>"$OUT_FILE" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$SVC_PIDFILE"
   if ! wait_ready "$KAFKA_START_TIMEOUT" "$pid" ready "$LOG_FILE" "$OUT_FILE"; then

@@ -10,6 +10,8 @@ Prints a one-line summary and exits 0 when the server answered correctly,
 1 otherwise (with the reason on stderr).
 """
 
+from __future__ import annotations
+
 import socket
 import struct
 import sys
@@ -17,7 +19,7 @@ import sys
 TIMEOUT = 5.0
 
 
-def recv_exact(sock, n):
+def recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -28,40 +30,40 @@ def recv_exact(sock, n):
 
 
 class Reader:
-    def __init__(self, data):
+    def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
 
-    def take(self, n):
+    def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
             raise ValueError("truncated response")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
-    def int8(self):
-        return struct.unpack(">b", self.take(1))[0]
+    def int8(self) -> int:
+        return int(struct.unpack(">b", self.take(1))[0])
 
-    def int16(self):
-        return struct.unpack(">h", self.take(2))[0]
+    def int16(self) -> int:
+        return int(struct.unpack(">h", self.take(2))[0])
 
-    def uint16(self):
-        return struct.unpack(">H", self.take(2))[0]
+    def uint16(self) -> int:
+        return int(struct.unpack(">H", self.take(2))[0])
 
-    def int32(self):
-        return struct.unpack(">i", self.take(4))[0]
+    def int32(self) -> int:
+        return int(struct.unpack(">i", self.take(4))[0])
 
-    def string16(self):
+    def string16(self) -> str | None:
         n = self.int16()
         return None if n < 0 else self.take(n).decode()
 
-    def bytes32(self):
+    def bytes32(self) -> bytes | None:
         n = self.int32()
         return None if n < 0 else self.take(n)
 
 
 # --------------------------------------------------------------------- kafka
-def kafka(host, port):
+def kafka(host: str, port: int) -> str:
     client_id = b"chat-probe"
     # Request header v1 + Metadata v4 body (all topics, no auto-creation).
     body = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id
@@ -80,20 +82,20 @@ def kafka(host, port):
         bhost = r.string16()
         bport = r.int32()
         r.string16()  # rack
-        brokers.append("%d@%s:%d" % (node_id, bhost, bport))
+        brokers.append(f"{node_id}@{bhost}:{bport}")
     cluster_id = r.string16()
     controller = r.int32()
     if not brokers:
         raise ValueError("metadata response lists no broker yet")
-    return "kafka cluster %s brokers=%s controller=%d" % (cluster_id, ",".join(brokers), controller)
+    return f"kafka cluster {cluster_id} brokers={','.join(brokers)} controller={controller}"
 
 
 # ----------------------------------------------------------------------- cql
-def cql_frame(opcode, body, stream=0):
+def cql_frame(opcode: int, body: bytes, stream: int = 0) -> bytes:
     return struct.pack(">BBhBi", 0x04, 0, stream, opcode, len(body)) + body
 
 
-def cql_read(sock):
+def cql_read(sock: socket.socket) -> tuple[int, bytes]:
     header = recv_exact(sock, 9)
     _version, _flags, _stream, opcode, length = struct.unpack(">BBhBi", header)
     body = recv_exact(sock, length) if length else b""
@@ -104,12 +106,12 @@ def cql_read(sock):
     return opcode, body
 
 
-def cql_string(s):
+def cql_string(s: str) -> bytes:
     b = s.encode()
     return struct.pack(">H", len(b)) + b
 
 
-def cql(host, port):
+def cql(host: str, port: int) -> str:
     with socket.create_connection((host, port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         startup = struct.pack(">H", 1) + cql_string("CQL_VERSION") + cql_string("3.0.0")
@@ -148,11 +150,11 @@ def cql(host, port):
     if rows < 1:
         raise ValueError("system.local returned no row")
     version = r.bytes32()
-    return "cassandra %s" % (version.decode() if version else "?")
+    return f"cassandra {version.decode() if version else '?'}"
 
 
 # --------------------------------------------------------------------- redis
-def redis(host, port):
+def redis(host: str, port: int) -> str:
     with socket.create_connection((host, port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         s.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -167,11 +169,12 @@ def redis(host, port):
     return "redis PONG"
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[1] not in ("kafka", "cql", "redis"):
-        sys.stderr.write(__doc__)
+        sys.stderr.write(__doc__ or "")
         return 2
-    fn = globals()[argv[1]]
+    probes = {"kafka": kafka, "cql": cql, "redis": redis}
+    fn = probes[argv[1]]
     try:
         print(fn(argv[2], int(argv[3])))
         return 0

@@ -1,0 +1,526 @@
+"""The message store of the real engines: Apache Cassandra (5.0).
+
+Schema (``ensure_schema`` creates it; ``<ks>`` is ``CHAT_CASSANDRA_KEYSPACE``)::
+
+    CREATE TABLE <ks>.messages_by_chat (
+        chat_id bigint, bucket int, message_id timeuuid,
+        sender_id bigint, sender text, body text, client_msg_id text,
+        PRIMARY KEY ((chat_id, bucket), message_id)
+    ) WITH CLUSTERING ORDER BY (message_id DESC);
+    CREATE TABLE <ks>.chat_buckets (
+        chat_id bigint, bucket int, PRIMARY KEY (chat_id, bucket)
+    ) WITH CLUSTERING ORDER BY (bucket DESC);
+    CREATE TABLE <ks>.client_message_claims (
+        sender_id bigint, client_msg_id text, message_id timeuuid, chat_id bigint,
+        PRIMARY KEY ((sender_id, client_msg_id))
+    );
+
+A chat's history is split into time buckets so no partition grows without
+bound; ``bucket`` is the message id's Unix time divided by
+``CHAT_CASSANDRA_BUCKET_SECONDS``. ``chat_buckets`` lists the buckets a chat has
+messages in, so paging visits only those instead of every empty bucket in
+between. Cassandra orders ``message_id`` with the timeuuid comparator, which is
+the order ``messaging.ids.message_sort_key`` gives the ORM store.
+
+The store runs its own driver ``Cluster`` (one per process and contact point
+set) rather than a ``DATABASES`` alias: the driver session is thread-safe and
+shared by every thread, whereas Django connections are per thread, and an
+alias would make the test runner create and drop a test keyspace for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import dict_factory, tuple_factory
+from django.conf import settings
+
+from messaging.ids import message_sort_key
+from messaging.types import Message
+
+logger = logging.getLogger(__name__)
+
+# 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
+_UUID_EPOCH_OFFSET = 0x01B21DD213814000
+_TICKS_PER_SECOND = 10_000_000
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+
+# Requests in flight per batch save; enough to hide round trips without
+# flooding a small node's native-transport queue.
+_SAVE_CONCURRENCY = 64
+# How many (chat, bucket) pairs a process remembers as already recorded in
+# chat_buckets; a bucket is ten days by default, so this covers every active chat.
+_KNOWN_BUCKETS_MAX = 100_000
+# Page size while counting unread rows: counting stops at ``cap``, so larger
+# pages would only read rows that are thrown away.
+_COUNT_FETCH_MAX = 1000
+_BUCKET_FETCH_SIZE = 64
+_PARALLEL_BUCKETS = 8
+
+_CLAIMS_PROFILE = "chat_claims"
+_KEYSPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+_MESSAGE_COLUMNS = "message_id, chat_id, sender_id, sender, body, client_msg_id"
+
+
+@dataclass(frozen=True, slots=True)
+class CassandraConfig:
+    hosts: tuple[str, ...]
+    port: int
+    keyspace: str
+    replication: tuple[tuple[str, str], ...]
+    bucket_seconds: int
+    local_dc: str
+    consistency: str
+    auto_schema: bool
+
+    @classmethod
+    def from_settings(cls, *, keyspace: str | None = None, bucket_seconds: int | None = None) -> CassandraConfig:
+        hosts: Any = getattr(settings, "CHAT_CASSANDRA_HOSTS", ["127.0.0.1"])
+        if isinstance(hosts, str):
+            hosts = [host.strip() for host in hosts.split(",") if host.strip()]
+        replication: Mapping[str, Any] = getattr(
+            settings, "CHAT_CASSANDRA_REPLICATION", {"class": "SimpleStrategy", "replication_factor": 1}
+        )
+        config = cls(
+            hosts=tuple(str(host) for host in hosts),
+            port=int(getattr(settings, "CHAT_CASSANDRA_PORT", 9042)),
+            keyspace=keyspace or str(getattr(settings, "CHAT_CASSANDRA_KEYSPACE", "chat")),
+            replication=tuple((str(key), str(value)) for key, value in replication.items()),
+            bucket_seconds=bucket_seconds or int(getattr(settings, "CHAT_CASSANDRA_BUCKET_SECONDS", 864000)),
+            local_dc=str(getattr(settings, "CHAT_CASSANDRA_LOCAL_DC", "")),
+            consistency=str(getattr(settings, "CHAT_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")),
+            auto_schema=bool(getattr(settings, "CHAT_CASSANDRA_AUTO_SCHEMA", True)),
+        )
+        # The keyspace is spliced into CQL text, so it must be a plain identifier.
+        if not _KEYSPACE_NAME.match(config.keyspace):
+            raise ValueError(f"CHAT_CASSANDRA_KEYSPACE must be a plain identifier, got {config.keyspace!r}")
+        if not config.hosts:
+            raise ValueError("CHAT_CASSANDRA_HOSTS is empty")
+        if config.bucket_seconds <= 0:
+            raise ValueError("CHAT_CASSANDRA_BUCKET_SECONDS must be positive")
+        if config.consistency not in ConsistencyLevel.name_to_value:
+            raise ValueError(f"CHAT_CASSANDRA_CONSISTENCY is not a consistency level: {config.consistency!r}")
+        return config
+
+
+def bucket_of(message_id: uuid.UUID, bucket_seconds: int) -> int:
+    """The time bucket of a timeuuid (may fall outside CQL ``int`` for absurd ids)."""
+    return (message_id.time - _UUID_EPOCH_OFFSET) // (_TICKS_PER_SECOND * bucket_seconds)
+
+
+def _clamp_bucket(bucket: int) -> int:
+    # Bounds come from clients and may be any timeuuid; no stored bucket lies
+    # outside CQL's int, so clamping a bound never changes the answer.
+    return max(_INT32_MIN, min(_INT32_MAX, bucket))
+
+
+# --- connection ----------------------------------------------------------------
+
+_sessions_lock = threading.Lock()
+# (hosts, port, local_dc, consistency) -> (pid that made it, cluster, session)
+_sessions: dict[tuple[tuple[str, ...], int, str, str], tuple[int, Any, Any]] = {}
+_schema_ready: set[tuple[int, str]] = set()
+
+
+def _session_for(config: CassandraConfig) -> Any:
+    key = (config.hosts, config.port, config.local_dc, config.consistency)
+    with _sessions_lock:
+        entry = _sessions.get(key)
+        # The driver's I/O threads do not survive fork(): a forked worker must
+        # connect again instead of using its parent's dead session.
+        if entry is not None and entry[0] == os.getpid() and not entry[2].is_shutdown:
+            return entry[2]
+        consistency = ConsistencyLevel.name_to_value[config.consistency]
+        balancing = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc))
+        cluster = Cluster(
+            contact_points=list(config.hosts),
+            port=config.port,
+            connect_timeout=5,
+            execution_profiles={
+                EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                    load_balancing_policy=balancing,
+                    consistency_level=consistency,
+                    row_factory=tuple_factory,
+                    request_timeout=10,
+                ),
+                # A refused LWT answers with the row that won, read by name.
+                _CLAIMS_PROFILE: ExecutionProfile(
+                    load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)),
+                    consistency_level=consistency,
+                    serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+                    row_factory=dict_factory,
+                    request_timeout=10,
+                ),
+            },
+        )
+        session = cluster.connect()
+        _sessions[key] = (os.getpid(), cluster, session)
+        return session
+
+
+def close_sessions() -> None:
+    """Shut down every driver cluster this process opened (tests, shutdown hooks)."""
+    with _sessions_lock:
+        entries = list(_sessions.values())
+        _sessions.clear()
+        _schema_ready.clear()
+    for pid, cluster, _session in entries:
+        if pid == os.getpid():
+            cluster.shutdown()
+
+
+def _replication_cql(replication: tuple[tuple[str, str], ...]) -> str:
+    def quote(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    return "{" + ", ".join(f"{quote(key)}: {quote(value)}" for key, value in replication) + "}"
+
+
+def _schema_statements(config: CassandraConfig) -> list[str]:
+    ks = config.keyspace
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {_replication_cql(config.replication)}",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.messages_by_chat (
+            chat_id bigint, bucket int, message_id timeuuid,
+            sender_id bigint, sender text, body text, client_msg_id text,
+            PRIMARY KEY ((chat_id, bucket), message_id)
+        ) WITH CLUSTERING ORDER BY (message_id DESC)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.chat_buckets (
+            chat_id bigint, bucket int, PRIMARY KEY (chat_id, bucket)
+        ) WITH CLUSTERING ORDER BY (bucket DESC)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.client_message_claims (
+            sender_id bigint, client_msg_id text, message_id timeuuid, chat_id bigint,
+            PRIMARY KEY ((sender_id, client_msg_id))
+        )""",
+    ]
+
+
+_TABLES = frozenset({"messages_by_chat", "chat_buckets", "client_message_claims"})
+
+
+def _ensure_schema_on(session: Any, config: CassandraConfig, *, force: bool) -> None:
+    marker = (id(session), config.keyspace)
+    with _sessions_lock:
+        if marker in _schema_ready and not force:
+            return
+    keyspace_meta = session.cluster.metadata.keyspaces.get(config.keyspace)
+    # Skip DDL when everything exists: concurrent CREATEs from many starting
+    # processes are exactly what can leave a cluster with schema disagreement.
+    if force or keyspace_meta is None or not set(keyspace_meta.tables) >= _TABLES:
+        for statement in _schema_statements(config):
+            session.execute(statement, timeout=60)
+        logger.info("cassandra schema ensured in keyspace %s", config.keyspace)
+    with _sessions_lock:
+        _schema_ready.add(marker)
+
+
+def ensure_schema(*, keyspace: str | None = None) -> None:
+    """Create the keyspace and tables of the settings' cluster if missing (idempotent)."""
+    config = CassandraConfig.from_settings(keyspace=keyspace)
+    _ensure_schema_on(_session_for(config), config, force=True)
+
+
+# --- the store -----------------------------------------------------------------
+
+
+def _to_message(row: Sequence[Any]) -> Message:
+    message_id, chat_id, sender_id, sender, body, client_msg_id = row
+    return Message(
+        message_id=message_id,
+        chat_id=chat_id,
+        sender_id=sender_id,
+        sender=sender,
+        body=body,
+        client_msg_id=client_msg_id,
+    )
+
+
+class CassandraMessageStore:
+    def __init__(self, *, keyspace: str | None = None, bucket_seconds: int | None = None) -> None:
+        self.config = CassandraConfig.from_settings(keyspace=keyspace, bucket_seconds=bucket_seconds)
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._session_pid = 0
+        self._statements: dict[str, Any] = {}
+        self._known_buckets: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    # -- plumbing
+
+    @property
+    def session(self) -> Any:
+        """The shared driver session, connected (and the schema made) on first use."""
+        session = self._session
+        if session is not None and self._session_pid == os.getpid() and not session.is_shutdown:
+            return session
+        session = _session_for(self.config)
+        if self.config.auto_schema:
+            _ensure_schema_on(session, self.config, force=False)
+        with self._lock:
+            if self._session is not session:
+                self._statements.clear()
+            self._session, self._session_pid = session, os.getpid()
+        return session
+
+    def sync_schema(self) -> None:
+        _ensure_schema_on(self.session, self.config, force=True)
+        # A recreated table has lost its chat_buckets rows.
+        with self._lock:
+            self._known_buckets.clear()
+
+    def _prepare(self, cql: str, *, idempotent: bool = True) -> Any:
+        session = self.session
+        statement = self._statements.get(cql)
+        if statement is None:
+            # Two threads may prepare the same text; the server dedupes it.
+            statement = session.prepare(cql)
+            statement.is_idempotent = idempotent
+            with self._lock:
+                self._statements[cql] = statement
+        return statement
+
+    def bucket(self, message_id: uuid.UUID) -> int:
+        return bucket_of(message_id, self.config.bucket_seconds)
+
+    def _bucket_range(self, chat_id: int, *, low: int | None, high: int | None, ascending: bool) -> Iterator[int]:
+        """The chat's non-empty buckets within [low, high], in walking order."""
+        ks = self.config.keyspace
+        where = "chat_id = ?"
+        params: list[Any] = [chat_id]
+        if low is not None:
+            where += " AND bucket >= ?"
+            params.append(_clamp_bucket(low))
+        if high is not None:
+            where += " AND bucket <= ?"
+            params.append(_clamp_bucket(high))
+        order = " ORDER BY bucket ASC" if ascending else ""
+        bound = self._prepare(f"SELECT bucket FROM {ks}.chat_buckets WHERE {where}{order}").bind(params)
+        # Pages are fetched lazily, so a short page never reads a long bucket list.
+        bound.fetch_size = _BUCKET_FETCH_SIZE
+        for (bucket,) in self.session.execute(bound):
+            yield int(bucket)
+
+    def _scan(
+        self,
+        chat_id: int,
+        *,
+        lower: uuid.UUID | None,
+        upper: uuid.UUID | None,
+        ascending: bool,
+        columns: str,
+        limit: int | None,
+        fetch_size: int | None = None,
+    ) -> Iterator[Sequence[Any]]:
+        """Rows strictly between the bounds in timeuuid order, bucket by bucket."""
+        ks = self.config.keyspace
+        where = "chat_id = ? AND bucket = ?"
+        if lower is not None:
+            where += " AND message_id > ?"
+        if upper is not None:
+            where += " AND message_id < ?"
+        order = " ORDER BY message_id ASC" if ascending else ""
+        limit_clause = " LIMIT ?" if limit is not None else ""
+        statement = self._prepare(f"SELECT {columns} FROM {ks}.messages_by_chat WHERE {where}{order}{limit_clause}")
+        # Every message after `lower` has a timestamp >= lower's, so its bucket
+        # is >= lower's bucket (and likewise below `upper`).
+        buckets = self._bucket_range(
+            chat_id,
+            low=self.bucket(lower) if lower is not None else None,
+            high=self.bucket(upper) if upper is not None else None,
+            ascending=ascending,
+        )
+        session = self.session
+        produced = 0
+        width = 1
+        while True:
+            group = list(islice(buckets, width))
+            if not group:
+                return
+            futures = []
+            for bucket in group:
+                params: list[Any] = [chat_id, bucket]
+                if lower is not None:
+                    params.append(lower)
+                if upper is not None:
+                    params.append(upper)
+                if limit is not None:
+                    params.append(limit - produced)
+                bound = statement.bind(params)
+                if fetch_size is not None:
+                    bound.fetch_size = fetch_size
+                futures.append(session.execute_async(bound))
+            for future in futures:
+                for row in future.result():
+                    if limit is not None and produced >= limit:
+                        return
+                    produced += 1
+                    yield row
+            # The first bucket usually fills the page; when it does not, the
+            # chat is sparse, so read the next buckets in parallel rather than
+            # pay one round trip each (a few rows over-read at most).
+            width = min(width * 2, _PARALLEL_BUCKETS)
+
+    # -- MessageStore
+
+    def claim_client_msg_id(
+        self, *, sender_id: int, client_msg_id: str, chat_id: int, message_id: uuid.UUID
+    ) -> tuple[uuid.UUID, int]:
+        ks = self.config.keyspace
+        statement = self._prepare(
+            f"INSERT INTO {ks}.client_message_claims (sender_id, client_msg_id, message_id, chat_id)"
+            " VALUES (?, ?, ?, ?) IF NOT EXISTS",
+            # Retrying a Paxos round after a timeout is safe here (the retry
+            # either applies or reports the winner), but leave that to the caller,
+            # who maps the error to "unavailable, retry with the same id".
+            idempotent=False,
+        )
+        result = self.session.execute(
+            statement, (sender_id, client_msg_id, message_id, chat_id), execution_profile=_CLAIMS_PROFILE
+        )
+        row: dict[str, Any] = result.one()
+        if row["[applied]"]:
+            return message_id, chat_id
+        return row["message_id"], int(row["chat_id"])
+
+    def save_messages(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        ks = self.config.keyspace
+        session = self.session
+        rows = [
+            (
+                message.chat_id,
+                self._storable_bucket(message.message_id),
+                message.message_id,
+                message.sender_id,
+                message.sender,
+                message.body,
+                message.client_msg_id,
+            )
+            for message in messages
+        ]
+        with self._lock:
+            new_buckets = sorted({(row[0], row[1]) for row in rows if (row[0], row[1]) not in self._known_buckets})
+        # Record the buckets before the messages: a message whose bucket is not
+        # listed would be invisible to history, while a listed empty bucket
+        # (messages failed after it) costs one read and the dispatcher's retry fills it.
+        if new_buckets:
+            insert_bucket = self._prepare(f"INSERT INTO {ks}.chat_buckets (chat_id, bucket) VALUES (?, ?)")
+            execute_concurrent_with_args(session, insert_bucket, new_buckets, concurrency=_SAVE_CONCURRENCY)
+            with self._lock:
+                for key in new_buckets:
+                    self._known_buckets[key] = None
+                while len(self._known_buckets) > _KNOWN_BUCKETS_MAX:
+                    self._known_buckets.popitem(last=False)
+        # A plain INSERT is an upsert, so saving a stored message again rewrites
+        # the same values: the same id always carries the same content.
+        insert_message = self._prepare(
+            f"INSERT INTO {ks}.messages_by_chat"
+            " (chat_id, bucket, message_id, sender_id, sender, body, client_msg_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        execute_concurrent_with_args(session, insert_message, rows, concurrency=_SAVE_CONCURRENCY)
+
+    def _storable_bucket(self, message_id: uuid.UUID) -> int:
+        bucket = self.bucket(message_id)
+        if bucket != _clamp_bucket(bucket):
+            raise ValueError(f"message id {message_id} is too far from 1970 for {self.config.bucket_seconds}s buckets")
+        return bucket
+
+    def get_message(self, *, chat_id: int, message_id: uuid.UUID) -> Message | None:
+        bucket = self.bucket(message_id)
+        if bucket != _clamp_bucket(bucket):
+            return None
+        statement = self._prepare(
+            f"SELECT {_MESSAGE_COLUMNS} FROM {self.config.keyspace}.messages_by_chat"
+            " WHERE chat_id = ? AND bucket = ? AND message_id = ?"
+        )
+        row = self.session.execute(statement, (chat_id, bucket, message_id)).one()
+        return _to_message(row) if row is not None else None
+
+    def history(
+        self,
+        *,
+        chat_id: int,
+        limit: int,
+        before: uuid.UUID | None = None,
+        after: uuid.UUID | None = None,
+    ) -> list[Message]:
+        if limit <= 0:
+            return []
+        if before is not None and after is not None and message_sort_key(after) >= message_sort_key(before):
+            return []
+        # `after` alone pages forward: the `limit` oldest messages after it.
+        ascending = after is not None and before is None
+        rows = self._scan(
+            chat_id, lower=after, upper=before, ascending=ascending, columns=_MESSAGE_COLUMNS, limit=limit
+        )
+        page = [_to_message(row) for row in islice(rows, limit)]
+        if ascending:
+            page.reverse()
+        return page
+
+    def latest_messages(self, chat_ids: Sequence[int]) -> dict[int, Message]:
+        unique_ids = list(dict.fromkeys(chat_ids))
+        if not unique_ids:
+            return {}
+        ks = self.config.keyspace
+        session = self.session
+        newest_bucket = self._prepare(f"SELECT bucket FROM {ks}.chat_buckets WHERE chat_id = ? LIMIT 1")
+        bucket_results = execute_concurrent_with_args(
+            session, newest_bucket, [(chat_id,) for chat_id in unique_ids], concurrency=_SAVE_CONCURRENCY
+        )
+        targets: list[tuple[int, int]] = []
+        for chat_id, (_ok, result) in zip(unique_ids, bucket_results, strict=True):
+            row = result.one()
+            if row is not None:
+                targets.append((chat_id, int(row[0])))
+        newest_message = self._prepare(
+            f"SELECT {_MESSAGE_COLUMNS} FROM {ks}.messages_by_chat WHERE chat_id = ? AND bucket = ? LIMIT 1"
+        )
+        message_results = execute_concurrent_with_args(session, newest_message, targets, concurrency=_SAVE_CONCURRENCY)
+        latest: dict[int, Message] = {}
+        for (chat_id, _bucket), (_ok, result) in zip(targets, message_results, strict=True):
+            row = result.one()
+            if row is not None:
+                latest[chat_id] = _to_message(row)
+            else:
+                # Its newest bucket was recorded but the save that followed
+                # failed; the full walk looks further down.
+                page = self.history(chat_id=chat_id, limit=1)
+                if page:
+                    latest[chat_id] = page[0]
+        return latest
+
+    def count_after(self, *, chat_id: int, after: uuid.UUID | None, exclude_sender_id: int, cap: int) -> int:
+        if cap <= 0:
+            return 0
+        rows = self._scan(
+            chat_id,
+            lower=after,
+            upper=None,
+            ascending=False,
+            columns="sender_id",
+            limit=None,
+            fetch_size=min(max(cap, 50), _COUNT_FETCH_MAX),
+        )
+        count = 0
+        for (sender_id,) in rows:
+            if sender_id != exclude_sender_id:
+                count += 1
+                if count >= cap:
+                    break
+        return count

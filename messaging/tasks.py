@@ -1,0 +1,18 @@
+"""Celery tasks: thin interfaces over services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import DatabaseError
+
+from messaging.services import notification_record
+
+
+# The database may be briefly away (failover, restart): retry with backoff.
+@shared_task(  # type: ignore[untyped-decorator]
+    name="messaging.push_notify", acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True, max_retries=5
+)
+def push_notify(*, user_ids: list[int], chat_id: int, message_id: str, sender: str, preview: str) -> int:
+    return notification_record(
+        user_ids=user_ids, chat_id=chat_id, message_id=message_id, sender=sender, preview=preview
+    )

@@ -1,0 +1,422 @@
+"""CassandraMessageStore against a real Cassandra.
+
+Reach it with ``CHAT_CASSANDRA_HOSTS`` (comma separated, default 127.0.0.1) and
+``CHAT_CASSANDRA_PORT`` (default 9042); tables go to the keyspace
+``CHAT_CASSANDRA_TEST_KEYSPACE`` (default ``chat_test``). Every test works in
+chats with fresh random ids, so nothing is truncated between runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+
+from messaging.backends.cassandra_store import CassandraMessageStore, close_sessions
+from messaging.backends.orm_store import OrmMessageStore
+from messaging.ids import message_sort_key, new_message_id, timeuuid_for_time, timeuuid_from_parts
+from messaging.models import Chat
+from messaging.types import Message
+
+HOSTS = [host.strip() for host in os.environ.get("CHAT_CASSANDRA_HOSTS", "127.0.0.1").split(",") if host.strip()]
+PORT = int(os.environ.get("CHAT_CASSANDRA_PORT", "9042"))
+KEYSPACE = os.environ.get("CHAT_CASSANDRA_TEST_KEYSPACE", "chat_test")
+
+_UUID_EPOCH_OFFSET = 0x01B21DD213814000
+# 2026-01-01T00:00:00Z: a whole minute, so minute offsets are bucket offsets.
+BASE_UNIX = 1767225600
+
+
+def make_store(bucket_seconds: int | None = None) -> CassandraMessageStore:
+    overrides: dict[str, Any] = {
+        "CHAT_CASSANDRA_HOSTS": HOSTS,
+        "CHAT_CASSANDRA_PORT": PORT,
+        "CHAT_CASSANDRA_KEYSPACE": KEYSPACE,
+    }
+    if bucket_seconds is not None:
+        overrides["CHAT_CASSANDRA_BUCKET_SECONDS"] = bucket_seconds
+    with override_settings(**overrides):
+        return CassandraMessageStore()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cassandra() -> Iterator[None]:
+    try:
+        with socket.create_connection((HOSTS[0], PORT), timeout=3):
+            pass
+    except OSError as exc:
+        pytest.fail(
+            f"Cassandra is not reachable at {HOSTS[0]}:{PORT} ({exc}); start it with "
+            "`scripts/services/cassandra.sh start` and point CHAT_CASSANDRA_HOSTS / CHAT_CASSANDRA_PORT at it",
+            pytrace=False,
+        )
+    make_store().sync_schema()
+    yield
+    close_sessions()
+
+
+@pytest.fixture
+def store() -> CassandraMessageStore:
+    return make_store()
+
+
+def new_chat_id() -> int:
+    return secrets.randbits(62) + 1
+
+
+def at(unix_seconds: float, *, ticks: int = 0, clock_seq: int = 0x1234, node: int = 0x0123456789AB) -> uuid.UUID:
+    """A message id at a chosen moment plus ``ticks`` of 100 ns (exact, unlike
+    float seconds, which cannot say "one tick before" at today's magnitudes)."""
+    timestamp = round(unix_seconds * 10_000_000) + ticks + _UUID_EPOCH_OFFSET
+    return timeuuid_from_parts(timestamp, clock_seq, node)
+
+
+def message(chat_id: int, message_id: uuid.UUID, sender_id: int = 1, body: str | None = None) -> Message:
+    return Message(
+        message_id=message_id,
+        chat_id=chat_id,
+        sender_id=sender_id,
+        sender=f"user{sender_id}",
+        body=body if body is not None else f"body {message_id}",
+        client_msg_id=f"client-{message_id}",
+    )
+
+
+def ids_of(messages: list[Message]) -> list[uuid.UUID]:
+    return [m.message_id for m in messages]
+
+
+def partition_ids(store: CassandraMessageStore, chat_id: int, bucket: int) -> list[uuid.UUID]:
+    rows = store.session.execute(
+        f"SELECT message_id FROM {KEYSPACE}.messages_by_chat WHERE chat_id = %s AND bucket = %s", (chat_id, bucket)
+    )
+    return [row[0] for row in rows]
+
+
+def recorded_buckets(store: CassandraMessageStore, chat_id: int) -> list[int]:
+    rows = store.session.execute(f"SELECT bucket FROM {KEYSPACE}.chat_buckets WHERE chat_id = %s", (chat_id,))
+    return [row[0] for row in rows]
+
+
+# --- saving and claiming --------------------------------------------------------
+
+
+def test_save_is_idempotent(store: CassandraMessageStore) -> None:
+    chat_id = new_chat_id()
+    messages = [message(chat_id, new_message_id(), sender_id=i % 2) for i in range(5)]
+    store.save_messages(messages)
+    store.save_messages(messages)
+    store.save_messages([messages[2], messages[2]])  # a duplicate inside one batch too
+
+    assert store.history(chat_id=chat_id, limit=50) == messages[::-1]
+    bucket = store.bucket(messages[0].message_id)
+    assert sorted(partition_ids(store, chat_id, bucket), key=message_sort_key) == ids_of(messages)
+    assert store.get_message(chat_id=chat_id, message_id=messages[3].message_id) == messages[3]
+    assert store.get_message(chat_id=chat_id + 1, message_id=messages[3].message_id) is None
+    assert store.get_message(chat_id=chat_id, message_id=new_message_id()) is None
+    store.save_messages([])
+
+
+def test_claim_returns_the_first_binding(store: CassandraMessageStore) -> None:
+    sender_id, chat_id = new_chat_id(), new_chat_id()
+    first, second = new_message_id(), new_message_id()
+    client_msg_id = str(uuid.uuid4())
+
+    bound = store.claim_client_msg_id(
+        sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id, message_id=first
+    )
+    assert bound == (first, chat_id)
+    again = store.claim_client_msg_id(
+        sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id + 1, message_id=second
+    )
+    assert again == (first, chat_id)
+    # The same client id of another sender is a different message.
+    other = store.claim_client_msg_id(
+        sender_id=sender_id + 1, client_msg_id=client_msg_id, chat_id=chat_id, message_id=second
+    )
+    assert other == (second, chat_id)
+
+
+def test_concurrent_claims_agree_on_one_winner(store: CassandraMessageStore) -> None:
+    sender_id, chat_id, client_msg_id = new_chat_id(), new_chat_id(), str(uuid.uuid4())
+    candidates = [new_message_id() for _ in range(8)]
+    results: list[tuple[uuid.UUID, int]] = []
+    lock = threading.Lock()
+
+    def claim(candidate: uuid.UUID) -> None:
+        result = store.claim_client_msg_id(
+            sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id, message_id=candidate
+        )
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=claim, args=(candidate,)) for candidate in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == len(candidates)
+    assert len(set(results)) == 1
+    assert results[0][0] in candidates
+
+
+def test_row_lands_in_its_chat_and_bucket_partition() -> None:
+    store = make_store(bucket_seconds=60)
+    chat_id = new_chat_id()
+    stored = message(chat_id, at(BASE_UNIX + 8 * 60, ticks=-1))  # the last tick of minute 7
+    store.save_messages([stored])
+
+    expected_bucket = (BASE_UNIX + 7 * 60) // 60
+    assert store.bucket(stored.message_id) == expected_bucket
+    rows = list(
+        store.session.execute(
+            f"SELECT chat_id, bucket, message_id, sender_id, sender, body, client_msg_id"
+            f" FROM {KEYSPACE}.messages_by_chat WHERE chat_id = %s AND bucket = %s",
+            (chat_id, expected_bucket),
+        )
+    )
+    assert rows == [
+        (
+            chat_id,
+            expected_bucket,
+            stored.message_id,
+            stored.sender_id,
+            stored.sender,
+            stored.body,
+            stored.client_msg_id,
+        )
+    ]
+    assert partition_ids(store, chat_id, expected_bucket + 1) == []
+    assert recorded_buckets(store, chat_id) == [expected_bucket]
+
+
+# --- history --------------------------------------------------------------------
+
+
+def test_history_walks_buckets_with_gaps() -> None:
+    store = make_store(bucket_seconds=60)
+    chat_id = new_chat_id()
+    # Minutes 0, 1, 5, 6, 40 and 41 (minute 1 twice): empty buckets in between.
+    minutes = [0, 1, 1.5, 5, 6, 40, 41]
+    messages = [message(chat_id, at(BASE_UNIX + m * 60 + 3)) for m in minutes]
+    store.save_messages(messages[::-1])
+
+    first_bucket = BASE_UNIX // 60
+    assert sorted(recorded_buckets(store, chat_id)) == [first_bucket + m for m in (0, 1, 5, 6, 40, 41)]
+    assert partition_ids(store, chat_id, first_bucket + 1) == [messages[2].message_id, messages[1].message_id]
+    assert partition_ids(store, chat_id, first_bucket + 2) == []
+
+    newest_first = messages[::-1]
+    assert store.history(chat_id=chat_id, limit=100) == newest_first
+    assert store.history(chat_id=chat_id, limit=3) == newest_first[:3]
+
+    # Page backwards two at a time, as a client scrolling up does.
+    pages: list[Message] = []
+    before: uuid.UUID | None = None
+    while True:
+        page = store.history(chat_id=chat_id, limit=2, before=before)
+        pages.extend(page)
+        if len(page) < 2:
+            break
+        before = page[-1].message_id
+    assert pages == newest_first
+
+    # Catch up forwards two at a time from before the first message.
+    caught_up: list[Message] = []
+    after = at(BASE_UNIX - 3600)
+    while True:
+        page = store.history(chat_id=chat_id, limit=2, after=after)
+        assert page == sorted(page, key=lambda m: message_sort_key(m.message_id), reverse=True)
+        caught_up[:0] = page
+        if len(page) < 2:
+            break
+        after = page[0].message_id
+    assert caught_up == newest_first
+
+    # Bounds inside empty buckets, and far outside the chat's life.
+    assert store.history(chat_id=chat_id, limit=10, before=at(BASE_UNIX + 20 * 60)) == newest_first[2:]
+    assert store.history(chat_id=chat_id, limit=10, after=at(BASE_UNIX + 20 * 60)) == newest_first[:2]
+    assert store.history(chat_id=chat_id, limit=2, after=at(BASE_UNIX + 3 * 60)) == [messages[4], messages[3]]
+    assert store.history(
+        chat_id=chat_id, limit=10, after=at(BASE_UNIX + 60.5), before=at(BASE_UNIX + 40 * 60 + 30)
+    ) == [messages[5], messages[4], messages[3], messages[2], messages[1]]
+    assert store.history(chat_id=chat_id, limit=10, before=at(BASE_UNIX - 86400)) == []
+    assert store.history(chat_id=chat_id, limit=10, after=at(BASE_UNIX + 86400)) == []
+    far_future = timeuuid_for_time(datetime(4000, 1, 1, tzinfo=UTC))
+    far_past = timeuuid_for_time(datetime(1600, 1, 1, tzinfo=UTC))
+    assert store.history(chat_id=chat_id, limit=10, before=far_future) == newest_first
+    assert store.history(chat_id=chat_id, limit=10, after=far_past) == newest_first
+    assert store.get_message(chat_id=chat_id, message_id=far_future) is None
+
+
+def test_history_skips_years_of_empty_buckets_quickly() -> None:
+    # One-second buckets: 25 years apart is ~790 million empty buckets.
+    store = make_store(bucket_seconds=1)
+    chat_id = new_chat_id()
+    old = message(chat_id, timeuuid_from_parts(timeuuid_for_time(datetime(2001, 1, 1, tzinfo=UTC)).time, 7, 7))
+    new = message(chat_id, timeuuid_from_parts(timeuuid_for_time(datetime(2026, 1, 1, tzinfo=UTC)).time, 7, 7))
+    store.save_messages([old, new])
+
+    started = time.monotonic()
+    assert store.history(chat_id=chat_id, limit=10) == [new, old]
+    assert store.history(chat_id=chat_id, limit=10, before=new.message_id) == [old]
+    assert store.history(chat_id=chat_id, limit=10, after=old.message_id) == [new]
+    assert store.count_after(chat_id=chat_id, after=None, exclude_sender_id=0, cap=10) == 2
+    assert time.monotonic() - started < 5
+
+
+def _tricky_ids() -> list[uuid.UUID]:
+    """Ids over several minutes, with runs sharing one timestamp whose clock
+    sequence and node bytes straddle 0x7f/0x80: Cassandra compares those bytes
+    signed, so this is where a wrong order would show."""
+    ids: list[uuid.UUID] = []
+    for minute in (0, 1, 4, 9, 10):
+        for second in (0.0, 17.25, 59.5):
+            ids.append(at(BASE_UNIX + minute * 60 + second))
+    shared = BASE_UNIX + 4 * 60 + 30
+    for clock_seq in (0x0000, 0x007F, 0x0080, 0x00FF, 0x3F7F, 0x3F80):
+        for node in (0x000000000000, 0x7F0000000000, 0x800000000000, 0xFFFFFFFFFFFF, 0x00000000007F, 0x000000000080):
+            ids.append(at(shared, clock_seq=clock_seq, node=node))
+    return ids
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bucket_seconds", [1, 60, 864000])
+def test_history_matches_the_orm_store(bucket_seconds: int) -> None:
+    users = [get_user_model().objects.create_user(username=f"cass-cmp-{i}", password="x") for i in range(3)]
+    chat = Chat.objects.create(kind=Chat.Kind.GROUP, name="comparison")
+    orm, cassandra = OrmMessageStore(), make_store(bucket_seconds=bucket_seconds)
+    cassandra_chat = new_chat_id()
+
+    ids = _tricky_ids()
+    senders = itertools.cycle(users)
+    orm_messages: list[Message] = []
+    cassandra_messages: list[Message] = []
+    for message_id in ids:
+        user = next(senders)
+        for chat_id, into in ((chat.pk, orm_messages), (cassandra_chat, cassandra_messages)):
+            into.append(
+                Message(
+                    message_id=message_id,
+                    chat_id=chat_id,
+                    sender_id=user.pk,
+                    sender=user.username,
+                    body=f"m {message_id}",
+                    client_msg_id=str(message_id),
+                )
+            )
+    orm.save_messages(orm_messages)
+    cassandra.save_messages(cassandra_messages)
+
+    def comparable(messages: list[Message]) -> list[tuple[uuid.UUID, int, str, str, str]]:
+        return [(m.message_id, m.sender_id, m.sender, m.body, m.client_msg_id) for m in messages]
+
+    in_order = sorted(ids, key=message_sort_key)
+    # Every fourth stored id, plus bounds that are not messages: inside the
+    # shared-timestamp run, in empty minutes, and before/after everything.
+    bounds: list[uuid.UUID | None] = [None, *in_order[::4]]
+    bounds += [
+        at(BASE_UNIX + 4 * 60 + 30),
+        at(BASE_UNIX + 4 * 60 + 30, clock_seq=0x0080, node=0x7FFFFFFFFFFF),
+        at(BASE_UNIX + 6 * 60),
+        at(BASE_UNIX - 1),
+        at(BASE_UNIX + 3600),
+    ]
+    queries = 0
+    for before, after in itertools.product(bounds, bounds):
+        for limit in (1, 4, 100):
+            expected = orm.history(chat_id=chat.pk, limit=limit, before=before, after=after)
+            actual = cassandra.history(chat_id=cassandra_chat, limit=limit, before=before, after=after)
+            assert comparable(actual) == comparable(expected), (before, after, limit)
+            queries += 1
+    assert queries > 1000
+    # Cassandra's own order is the one message_sort_key predicts.
+    assert ids_of(cassandra.history(chat_id=cassandra_chat, limit=1000)) == in_order[::-1]
+
+    for after in bounds:
+        for user in users:
+            for cap in (1, 5, 999):
+                expected_count = orm.count_after(chat_id=chat.pk, after=after, exclude_sender_id=user.pk, cap=cap)
+                actual_count = cassandra.count_after(
+                    chat_id=cassandra_chat, after=after, exclude_sender_id=user.pk, cap=cap
+                )
+                assert actual_count == expected_count, (after, user.pk, cap)
+
+    orm_latest = orm.latest_messages([chat.pk])[chat.pk]
+    cassandra_latest = cassandra.latest_messages([cassandra_chat])[cassandra_chat]
+    assert comparable([cassandra_latest]) == comparable([orm_latest])
+    for message_id in ids[::5]:
+        found = cassandra.get_message(chat_id=cassandra_chat, message_id=message_id)
+        assert found is not None
+        assert found == next(m for m in cassandra_messages if m.message_id == message_id)
+
+
+# --- chat list helpers --------------------------------------------------------
+
+
+def test_latest_messages() -> None:
+    store = make_store(bucket_seconds=60)
+    busy, quiet, empty = new_chat_id(), new_chat_id(), new_chat_id()
+    busy_messages = [message(busy, at(BASE_UNIX + minute * 60)) for minute in (0, 3, 30)]
+    quiet_message = message(quiet, at(BASE_UNIX + 5))
+    store.save_messages([*busy_messages, quiet_message])
+
+    latest = store.latest_messages([busy, empty, quiet, busy])
+    assert latest == {busy: busy_messages[-1], quiet: quiet_message}
+    assert store.latest_messages([]) == {}
+    assert store.latest_messages([empty]) == {}
+
+
+def test_count_after_counts_others_up_to_the_cap() -> None:
+    store = make_store(bucket_seconds=60)
+    chat_id = new_chat_id()
+    me, other = 1, 2
+    # 12 minutes of messages: mine at even seconds, the other's at odd ones.
+    messages = [
+        message(chat_id, at(BASE_UNIX + minute * 60 + second), sender_id=me if second % 2 == 0 else other)
+        for minute in range(12)
+        for second in range(5)
+    ]
+    store.save_messages(messages)
+    others = [m for m in messages if m.sender_id == other]  # 2 per minute: 24
+
+    assert store.count_after(chat_id=chat_id, after=None, exclude_sender_id=me, cap=999) == len(others)
+    assert store.count_after(chat_id=chat_id, after=None, exclude_sender_id=me, cap=5) == 5
+    assert store.count_after(chat_id=chat_id, after=None, exclude_sender_id=other, cap=999) == 36
+    assert store.count_after(chat_id=chat_id, after=None, exclude_sender_id=me, cap=0) == 0
+    marker = messages[30].message_id  # minute 6, second 0
+    assert store.count_after(chat_id=chat_id, after=marker, exclude_sender_id=me, cap=999) == 12
+    assert store.count_after(chat_id=chat_id, after=marker, exclude_sender_id=me, cap=3) == 3
+    assert store.count_after(chat_id=chat_id, after=messages[-1].message_id, exclude_sender_id=me, cap=999) == 0
+    empty_minute_marker = at(BASE_UNIX + 100 * 60)
+    assert store.count_after(chat_id=chat_id, after=empty_minute_marker, exclude_sender_id=me, cap=999) == 0
+    assert store.count_after(chat_id=new_chat_id(), after=None, exclude_sender_id=me, cap=999) == 0
+
+
+def test_sync_schema_is_idempotent(store: CassandraMessageStore) -> None:
+    store.sync_schema()
+    store.sync_schema()
+    chat_id = new_chat_id()
+    stored = message(chat_id, new_message_id())
+    store.save_messages([stored])
+    assert store.latest_messages([chat_id]) == {chat_id: stored}
+    assert timedelta(0) <= datetime.now(UTC) - stored.sent_at < timedelta(minutes=5)
+
+
+def test_store_reconnects_after_sessions_are_closed(store: CassandraMessageStore) -> None:
+    chat_id = new_chat_id()
+    stored = message(chat_id, new_message_id())
+    store.save_messages([stored])
+    close_sessions()
+    assert store.get_message(chat_id=chat_id, message_id=stored.message_id) == stored

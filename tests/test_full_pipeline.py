@@ -1,0 +1,187 @@
+"""The full pipeline on the real engines, checked through its artefacts:
+WebSocket -> Kafka -> Celery dispatcher -> Cassandra -> Redis lookup -> the
+other chat server -> WebSocket."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+import pytest
+import redis
+from cassandra.cluster import Cluster, Session
+from kafka import KafkaConsumer
+
+from tests.helpers import ApiClient, ChatSocket, FullStack
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def cassandra(full_stack: FullStack) -> Iterator[Session]:
+    cluster = Cluster(["127.0.0.1"], port=9042)
+    session = cluster.connect(full_stack.env["CHAT_CASSANDRA_KEYSPACE"])
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+def full_api(full_stack: FullStack) -> ApiClient:
+    return ApiClient(full_stack.base_url)
+
+
+def socket_on(client: ApiClient, port: int) -> ChatSocket:
+    """Connect to one particular chat server, bypassing service discovery."""
+    return ChatSocket.open(f"ws://127.0.0.1:{port}/ws/chat/", {"Authorization": f"Bearer {client.token}"})
+
+
+def server_id(port: int) -> str:
+    return f"{socket.gethostname()}-chat-{port}"
+
+
+def direct_chat(owner: ApiClient, other: ApiClient) -> int:
+    reply = owner.post("/api/chats", {"kind": "direct", "members": [other.username]})  # type: ignore[attr-defined]
+    return int(reply.body["chat_id"])
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout}s")
+        time.sleep(0.2)
+
+
+def kafka_records(topic: str) -> list[Any]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=["127.0.0.1:9092"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+def bucket_of(message_id: str, bucket_seconds: int) -> int:
+    timestamp_100ns = uuid.UUID(message_id).time - 0x01B21DD213814000
+    return timestamp_100ns // 10_000_000 // bucket_seconds
+
+
+def test_message_crosses_servers_through_kafka_cassandra_and_redis(
+    full_stack: FullStack, full_api: ApiClient, cassandra: Session
+) -> None:
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    server_a, server_b = full_stack.ports
+    registry = redis.Redis.from_url(full_stack.env["CHAT_REDIS_URL"], decode_responses=True)
+    prefix = full_stack.env["CHAT_REDIS_PREFIX"]
+    with socket_on(alice, server_a) as alice_ws, socket_on(bob, server_b) as bob_ws:
+        # The session registry knows which chat server holds bob's device.
+        devices = registry.hgetall(f"{prefix}:devices:{bob.user_id}")  # type: ignore[attr-defined]
+        assert [str(entry).rpartition("|")[0] for entry in devices.values()] == [server_id(server_b)]
+
+        client_msg_id = alice_ws.send_message(chat_id, "across the pipeline")
+        ack = alice_ws.expect("ack", client_msg_id=client_msg_id)
+        message_id = ack["message_id"]
+        assert bob_ws.expect("message", message_id=message_id)["body"] == "across the pipeline"
+        assert alice_ws.expect("message", message_id=message_id)["sender"] == alice.username  # type: ignore[attr-defined]
+
+    # Kafka holds the record, keyed by chat_id.
+    records = [r for r in kafka_records(full_stack.env["CHAT_KAFKA_TOPIC"]) if r.key == str(chat_id).encode()]
+    assert [orjson.loads(r.value)["message_id"] for r in records] == [message_id]
+    # Cassandra holds the row in the (chat_id, time bucket) partition.
+    bucket = bucket_of(message_id, int(full_stack.env["CHAT_CASSANDRA_BUCKET_SECONDS"]))
+    rows = list(
+        cassandra.execute(
+            "SELECT body, sender, client_msg_id FROM messages_by_chat WHERE chat_id=%s AND bucket=%s AND message_id=%s",
+            (chat_id, bucket, uuid.UUID(message_id)),
+        )
+    )
+    assert [(row.body, row.client_msg_id) for row in rows] == [("across the pipeline", client_msg_id)]
+    claim = cassandra.execute(
+        "SELECT message_id FROM client_message_claims WHERE sender_id=%s AND client_msg_id=%s",
+        (alice.user_id, client_msg_id),  # type: ignore[attr-defined]
+    ).one()
+    assert str(claim.message_id) == message_id
+    # Once both have left, the registry forgets their devices.
+    assert eventually(lambda: not registry.hgetall(f"{prefix}:devices:{bob.user_id}"))  # type: ignore[attr-defined]
+
+
+def test_service_discovery_hands_out_the_least_loaded_server(full_stack: FullStack, full_api: ApiClient) -> None:
+    user = full_api.signup("lots")
+    server_a, server_b = full_stack.ports
+    urls = {f"ws://127.0.0.1:{port}/ws/chat/" for port in full_stack.ports}
+    assert user.get("/api/servers/assign").body["ws_url"] in urls
+    sockets = [socket_on(user, server_a) for _ in range(3)]
+    try:
+        # Loads are reported by each server's heartbeat, every few seconds.
+        assert eventually(
+            lambda: user.get("/api/servers/assign").body["ws_url"] == f"ws://127.0.0.1:{server_b}/ws/chat/"
+        )
+    finally:
+        for chat_socket in sockets:
+            chat_socket.close()
+
+
+def test_offline_members_get_a_push_notification_task(full_stack: FullStack, full_api: ApiClient) -> None:
+    alice, carol = full_api.signup("alice"), full_api.signup("carol")
+    chat_id = direct_chat(alice, carol)
+    with socket_on(alice, full_stack.ports[0]) as alice_ws:
+        client_msg_id = alice_ws.send_message(chat_id, "are you there?")
+        message_id = alice_ws.expect("ack", client_msg_id=client_msg_id)["message_id"]
+
+    def notifications() -> list[tuple[Any, ...]]:
+        with psycopg.connect(full_stack.env["DATABASE_URL"]) as connection:
+            return connection.execute(
+                "SELECT user_id, chat_id, message_id::text, preview FROM messaging_pushnotification WHERE chat_id=%s",
+                (chat_id,),
+            ).fetchall()
+
+    assert eventually(notifications) == [(carol.user_id, chat_id, message_id, "are you there?")]  # type: ignore[attr-defined]
+
+
+def test_history_walks_across_bucket_boundaries(full_stack: FullStack, full_api: ApiClient, cassandra: Session) -> None:
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    sent = []
+    with socket_on(alice, full_stack.ports[1]) as alice_ws:
+        for n in range(7):
+            client_msg_id = alice_ws.send_message(chat_id, f"tick {n}")
+            sent.append(alice_ws.expect("ack", client_msg_id=client_msg_id)["message_id"])
+            time.sleep(0.75)  # buckets are 2 s wide here: 7 messages span 3 or more
+        alice_ws.expect("message", message_id=sent[-1])
+    bucket_seconds = int(full_stack.env["CHAT_CASSANDRA_BUCKET_SECONDS"])
+    assert len({bucket_of(message_id, bucket_seconds) for message_id in sent}) >= 3
+
+    newest_first = list(reversed(sent))
+    pages: list[str] = []
+    before = ""
+    while True:
+        page = bob.get(f"/api/chats/{chat_id}/messages?limit=2{before}").body["messages"]
+        if not page:
+            break
+        pages.extend(m["message_id"] for m in page)
+        before = f"&before={page[-1]['message_id']}"
+    assert pages == newest_first
+
+    forward: list[str] = []
+    after = f"&after={sent[0]}"
+    while True:
+        page = bob.get(f"/api/chats/{chat_id}/messages?limit=2{after}").body["messages"]
+        if not page:
+            break
+        forward.extend(reversed([m["message_id"] for m in page]))
+        after = f"&after={page[0]['message_id']}"
+    assert forward == sent[1:]
