@@ -161,6 +161,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},
+    # The Kafka and Cassandra clients narrate every connection at INFO.
+    "loggers": {
+        "kafka": {"level": env_str("CHAT_CLIENT_LOG_LEVEL", "WARNING")},
+        "cassandra": {"level": env_str("CHAT_CLIENT_LOG_LEVEL", "WARNING")},
+    },
 }
 
 # --- The chat service -------------------------------------------------------
@@ -212,11 +217,20 @@ CHAT_KAFKA_MAX_BLOCK_MS = env_int("CHAT_KAFKA_MAX_BLOCK_MS", 3000)
 CHAT_KAFKA_REQUEST_TIMEOUT_MS = env_int("CHAT_KAFKA_REQUEST_TIMEOUT_MS", 5000)
 CHAT_KAFKA_RETRIES = env_int("CHAT_KAFKA_RETRIES", 5)
 CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS = env_float("CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS", 10.0)
+CHAT_KAFKA_BOOTSTRAP_TIMEOUT_MS = env_int("CHAT_KAFKA_BOOTSTRAP_TIMEOUT_MS", 5000)
+CHAT_KAFKA_RECONNECT_BACKOFF_SECONDS = env_float("CHAT_KAFKA_RECONNECT_BACKOFF_SECONDS", 2.0)
 CHAT_CASSANDRA_HOSTS = env_list("CHAT_CASSANDRA_HOSTS", ["127.0.0.1"])
 CHAT_CASSANDRA_PORT = env_int("CHAT_CASSANDRA_PORT", 9042)
 CHAT_CASSANDRA_KEYSPACE = env_str("CHAT_CASSANDRA_KEYSPACE", "chat")
 # History partitions are (chat_id, bucket) with buckets this many seconds wide.
 CHAT_CASSANDRA_BUCKET_SECONDS = env_int("CHAT_CASSANDRA_BUCKET_SECONDS", 10 * 24 * 3600)
+# Empty: the driver learns the local datacenter from the contact points.
+CHAT_CASSANDRA_LOCAL_DC = env_str("CHAT_CASSANDRA_LOCAL_DC", "")
+CHAT_CASSANDRA_CONSISTENCY = env_str("CHAT_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")
+# Create missing tables on first use; production may turn this off and run chat_setup.
+CHAT_CASSANDRA_AUTO_SCHEMA = env_bool("CHAT_CASSANDRA_AUTO_SCHEMA", True)
+# "class" plus options, e.g. CHAT_CASSANDRA_REPLICATION_CLASS=NetworkTopologyStrategy
+# CHAT_CASSANDRA_REPLICATION=dc1=3,dc2=3 in production.
 CHAT_CASSANDRA_REPLICATION = {
     "class": env_str("CHAT_CASSANDRA_REPLICATION_CLASS", "SimpleStrategy"),
     **{

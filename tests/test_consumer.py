@@ -190,3 +190,33 @@ def fresh_backends() -> Any:
     reset_backends()
     yield
     reset_backends()
+
+
+@override_settings(
+    CHAT_BACKENDS={
+        "message_store": "messaging.backends.orm_store.OrmMessageStore",
+        "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+        "session_registry": "presence.registry.InProcessSessionRegistry",
+        "server_directory": "presence.directory.SingleServerDirectory",
+    },
+    # Nothing listens on port 1: the bus is down.
+    CHAT_KAFKA_BOOTSTRAP_SERVERS=["127.0.0.1:1"],
+    CHAT_KAFKA_MAX_BLOCK_MS=500,
+    CHAT_KAFKA_BOOTSTRAP_TIMEOUT_MS=1000,
+    CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS=2.0,
+)
+async def test_a_send_the_bus_cannot_take_is_refused_as_unavailable_and_stores_nothing() -> None:
+    reset_backends()
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "k1", "body": "anyone?"})
+    error = json.loads(await ws.receive_from(timeout=15))
+    while error["type"] != "error":
+        error = json.loads(await ws.receive_from(timeout=15))
+    assert (error["code"], error["client_msg_id"]) == ("unavailable", "k1")
+    from messaging.models import StoredMessage
+
+    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    await ws.disconnect()
+    message_bus().close()  # type: ignore[attr-defined]

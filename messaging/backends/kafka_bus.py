@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -30,23 +31,38 @@ class KafkaMessageBus:
     def __init__(self) -> None:
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        self._retry_connect_at = 0.0
 
     def producer(self) -> KafkaProducer:
+        """The shared producer; connecting blocks (call it off the event loop)."""
         with self._lock:
             if self._producer is None:
-                self._producer = KafkaProducer(
-                    bootstrap_servers=settings.CHAT_KAFKA_BOOTSTRAP_SERVERS,
-                    client_id=f"chat-gateway-{settings.CHAT_SERVER_ID}",
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=settings.CHAT_KAFKA_LINGER_MS,
-                    # Bounded waits: a send that cannot be buffered fails fast
-                    # and the client is told "unavailable" instead of hanging.
-                    max_block_ms=settings.CHAT_KAFKA_MAX_BLOCK_MS,
-                    request_timeout_ms=settings.CHAT_KAFKA_REQUEST_TIMEOUT_MS,
-                    retries=settings.CHAT_KAFKA_RETRIES,
-                )
+                # After a failed connect, refuse at once for a while instead of
+                # making every send wait for another bootstrap attempt.
+                if time.monotonic() < self._retry_connect_at:
+                    raise Unavailable("the message bus is unavailable; retry with the same client_msg_id")
+                try:
+                    self._producer = self._connect()
+                except KafkaError as exc:
+                    self._retry_connect_at = time.monotonic() + settings.CHAT_KAFKA_RECONNECT_BACKOFF_SECONDS
+                    logger.warning("cannot connect to Kafka at %s: %r", settings.CHAT_KAFKA_BOOTSTRAP_SERVERS, exc)
+                    raise Unavailable("the message bus is unavailable; retry with the same client_msg_id") from exc
             return self._producer
+
+    def _connect(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=settings.CHAT_KAFKA_BOOTSTRAP_SERVERS,
+            client_id=f"chat-gateway-{settings.CHAT_SERVER_ID}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=settings.CHAT_KAFKA_LINGER_MS,
+            # Bounded waits: a send that cannot be buffered fails fast
+            # and the client is told "unavailable" instead of hanging.
+            max_block_ms=settings.CHAT_KAFKA_MAX_BLOCK_MS,
+            request_timeout_ms=settings.CHAT_KAFKA_REQUEST_TIMEOUT_MS,
+            retries=settings.CHAT_KAFKA_RETRIES,
+            bootstrap_timeout_ms=settings.CHAT_KAFKA_BOOTSTRAP_TIMEOUT_MS,
+        )
 
     async def publish(self, message: Message) -> None:
         loop = asyncio.get_running_loop()
@@ -67,8 +83,9 @@ class KafkaMessageBus:
         def reject(error: BaseException) -> None:
             loop.call_soon_threadsafe(settle, error)
 
+        producer = self._producer or await asyncio.to_thread(self.producer)
         try:
-            future = self.producer().send(
+            future = producer.send(
                 settings.CHAT_KAFKA_TOPIC,
                 key=chat_key(message.chat_id),
                 value=orjson.dumps(message.to_bus_record()),
