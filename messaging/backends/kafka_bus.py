@@ -83,9 +83,7 @@ class KafkaMessageBus:
         def reject(error: BaseException) -> None:
             loop.call_soon_threadsafe(settle, error)
 
-        producer = self._producer
-        if producer is None:
-            producer = await asyncio.to_thread(self.producer)
+        producer = self._producer if self._producer is not None else await asyncio.to_thread(self.producer)
         try:
             future = producer.send(
                 settings.CHAT_KAFKA_TOPIC,
