@@ -185,3 +185,19 @@ def test_history_walks_across_bucket_boundaries(full_stack: FullStack, full_api:
         forward.extend(reversed([m["message_id"] for m in page]))
         after = f"&after={page[0]['message_id']}"
     assert forward == sent[1:]
+
+
+def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: FullStack) -> None:
+    from celery import Celery
+
+    app = Celery(broker=full_stack.env["CELERY_BROKER_URL"])
+    stats = app.control.inspect(timeout=5).stats() or {}
+    dispatchers = {name: info["kafka_dispatcher"] for name, info in stats.items() if name.startswith("dispatcher")}
+    assert len(dispatchers) == 2, stats.keys()
+    assert all(info["running"] for info in dispatchers.values())
+    topic = full_stack.env["CHAT_KAFKA_TOPIC"]
+    # The two dispatchers split the topic's six partitions between them.
+    partitions = sorted(p for info in dispatchers.values() for p in info["assigned"])
+    assert partitions == sorted(f"{topic}-{n}" for n in range(6))
+    notifier = next(info for name, info in stats.items() if name.startswith("notifier"))
+    assert "kafka_dispatcher" not in notifier  # a disabled step reports nothing
