@@ -282,3 +282,5 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ROUTES = {"messaging.push_notify": {"queue": "notifications"}}
 # Messages the in-process bus holds before it refuses more (backpressure).
 CHAT_BUS_QUEUE_SIZE = env_int("CHAT_BUS_QUEUE_SIZE", 10000)
+# Threads that run blocking I/O (database, Cassandra) for one process's event loop.
+CHAT_IO_THREADS = env_int("CHAT_IO_THREADS", 32)

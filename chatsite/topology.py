@@ -157,12 +157,20 @@ class Topology:
 def wait_for_consumer_group(*, bootstrap_servers: list[str], group: str, members: int, timeout: float = 60.0) -> None:
     """Block until the group has ``members`` members that hold partitions."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="topology-probe")
     try:
         deadline = time.monotonic() + timeout
         while True:
-            description = admin.describe_groups([group])[group]
+            try:
+                description = admin.describe_groups([group])[group]
+            except KafkaError as exc:
+                # A fresh broker creates its group coordinator (__consumer_offsets) on first use.
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+                continue
             assigned = [member for member in description["members"] if member.get("member_assignment")]
             if description["group_state"] == "Stable" and len(assigned) >= members:
                 return

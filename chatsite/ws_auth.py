@@ -11,13 +11,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from channels.auth import AuthMiddleware
-from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 
 from accounts.selectors import bearer_token, user_for_token
+from chatsite.aio import off_loop
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -42,7 +42,7 @@ class TokenOrSessionAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         token = bearer_token(_header(scope, b"authorization"))
         if token is not None:
-            user = await database_sync_to_async(user_for_token)(token)
+            user = await off_loop(user_for_token)(token)
             scope = dict(scope, user=user or AnonymousUser())
             return await self.inner(scope, receive, send)
         if not _origin_allowed(_header(scope, b"origin")):

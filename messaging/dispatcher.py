@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
-
+from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.backends import message_store
 from messaging.delivery import CHAT_MESSAGE_EVENT, deliver_frame
@@ -24,8 +22,8 @@ logger = logging.getLogger(__name__)
 async def dispatch_messages(messages: Sequence[Message]) -> None:
     if not messages:
         return
-    await database_sync_to_async(message_store().save_messages)(messages)
-    members_by_chat = await database_sync_to_async(selectors.chat_member_ids)({m.chat_id for m in messages})
+    await off_loop(message_store().save_messages)(messages)
+    members_by_chat = await off_loop(selectors.chat_member_ids)({m.chat_id for m in messages})
     recipients = {user_id for members in members_by_chat.values() for user_id in members}
     devices = await session_registry().lookup(recipients)
     for message in messages:
@@ -34,7 +32,7 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
         await deliver_frame(connections, event_type=CHAT_MESSAGE_EVENT, frame=message.to_frame())
         offline = [user_id for user_id in members if user_id not in devices and user_id != message.sender_id]
         if offline:
-            await sync_to_async(_hand_to_push)(message, offline)
+            await off_loop(_hand_to_push)(message, offline)
 
 
 def _hand_to_push(message: Message, user_ids: list[int]) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
+from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.backends import message_bus, message_store
 from messaging.delivery import CHAT_READ_EVENT, CHAT_TYPING_EVENT, deliver_frame
@@ -88,12 +88,13 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
     """
     _check_body(body)
     _check_client_msg_id(client_msg_id)
-    if not await database_sync_to_async(selectors.is_member)(user_id=sender.pk, chat_id=chat_id):
+    if not await off_loop(selectors.is_member)(user_id=sender.pk, chat_id=chat_id):
         raise NotMember("you are not a member of this chat")
     store = message_store()
+    fresh_id = new_message_id()
     try:
-        message_id, claimed_chat_id = await database_sync_to_async(store.claim_client_msg_id)(
-            sender_id=sender.pk, client_msg_id=client_msg_id, chat_id=chat_id, message_id=new_message_id()
+        message_id, claimed_chat_id = await off_loop(store.claim_client_msg_id)(
+            sender_id=sender.pk, client_msg_id=client_msg_id, chat_id=chat_id, message_id=fresh_id
         )
     except Exception as exc:
         raise Unavailable("the message store is unavailable; retry with the same client_msg_id") from exc
@@ -107,9 +108,12 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
         body=body,
         client_msg_id=client_msg_id,
     )
-    stored: Message | None = await database_sync_to_async(store.get_message)(chat_id=chat_id, message_id=message_id)
-    if stored is not None:
-        return stored
+    if message_id != fresh_id:
+        # A retry. If the first attempt reached the store, ack it again without
+        # a second publish; otherwise that publish may have failed: publish again.
+        stored: Message | None = await off_loop(store.get_message)(chat_id=chat_id, message_id=message_id)
+        if stored is not None:
+            return stored
     await message_bus().publish(message)
     return message
 
@@ -127,12 +131,12 @@ def _advance_read_marker(*, user_id: int, chat_id: int, message_id: uuid.UUID) -
 
 async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> None:
     """Move the user's read marker forward and tell the chat's devices."""
-    if not await database_sync_to_async(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
+    if not await off_loop(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
         raise NotMember("you are not a member of this chat")
-    stored = await database_sync_to_async(message_store().get_message)(chat_id=chat_id, message_id=message_id)
+    stored = await off_loop(message_store().get_message)(chat_id=chat_id, message_id=message_id)
     if stored is None:
         raise BadRequest("no such message in this chat")
-    moved = await database_sync_to_async(_advance_read_marker)(user_id=user.pk, chat_id=chat_id, message_id=message_id)
+    moved = await off_loop(_advance_read_marker)(user_id=user.pk, chat_id=chat_id, message_id=message_id)
     if not moved:
         return
     frame: ReadFrame = {"type": "read", "chat_id": chat_id, "user": user.username, "message_id": str(message_id)}
@@ -141,7 +145,7 @@ async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> 
 
 async def chat_typing(*, user: User, chat_id: int) -> None:
     """Tell the other members' devices that the user is typing."""
-    if not await database_sync_to_async(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
+    if not await off_loop(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
         raise NotMember("you are not a member of this chat")
     frame: TypingFrame = {"type": "typing", "chat_id": chat_id, "user": user.username}
     await _deliver_to_chat(chat_id, event_type=CHAT_TYPING_EVENT, frame=frame, skip_user_id=user.pk)
@@ -150,7 +154,7 @@ async def chat_typing(*, user: User, chat_id: int) -> None:
 async def _deliver_to_chat(
     chat_id: int, *, event_type: str, frame: ReadFrame | TypingFrame, skip_user_id: int | None = None
 ) -> None:
-    members = await database_sync_to_async(selectors.chat_member_ids)([chat_id])
+    members = await off_loop(selectors.chat_member_ids)([chat_id])
     recipients = [user_id for user_id in members.get(chat_id, []) if user_id != skip_user_id]
     devices = await session_registry().lookup(recipients)
     connections = [connection for user_devices in devices.values() for connection in user_devices]

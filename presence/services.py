@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
+from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.delivery import PRESENCE_UPDATE_EVENT, deliver_frame
 from messaging.types import isoformat_utc
@@ -43,7 +43,7 @@ async def presence_connect(*, user: User, connection: Connection) -> list[Presen
     contacts; the answer is the contacts' presence for the new device."""
     registry = session_registry()
     device_count = await registry.register(connection)
-    contacts = await database_sync_to_async(selectors.contact_ids)(user_id=user.pk)
+    contacts = await off_loop(selectors.contact_ids)(user_id=user.pk)
     if device_count == 1:
         await _tell_contacts(user, _presence_frame(user.username, online=True, last_seen=time.time()), contacts)
     online = await registry.lookup(contacts)
@@ -57,7 +57,7 @@ async def presence_connect(*, user: User, connection: Connection) -> list[Presen
 async def presence_disconnect(*, user: User, connection: Connection) -> None:
     remaining = await session_registry().unregister(connection)
     if remaining == 0:
-        contacts = await database_sync_to_async(selectors.contact_ids)(user_id=user.pk)
+        contacts = await off_loop(selectors.contact_ids)(user_id=user.pk)
         await _tell_contacts(user, _presence_frame(user.username, online=False, last_seen=time.time()), contacts)
 
 

@@ -73,6 +73,7 @@ def test_two_users_chat_live_and_html_shows_as_text(browser: Browser, chat_serve
     expect(alice_page.locator("#typing")).to_contain_text(f"{bob.username} is typing")  # type: ignore[attr-defined]
     bob_page.locator("#body").press("Enter")
     expect(alice_page.locator("#messages li:not(.mine) .bubble").last).to_have_text("on my way")
+    expect(alice_page.locator("#typing")).to_have_text("")  # the message ends the typing notice
     expect(bob_page.locator("#messages li.mine .bubble").last).to_have_text("on my way")
     expect(bob_page.locator("#read-state")).to_have_text(f"Seen by {alice.username}")  # type: ignore[attr-defined]
 

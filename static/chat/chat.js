@@ -199,7 +199,16 @@
   function onFrame(frame) {
     switch (frame.type) {
       case "message":
-        if (frame.chat_id === chat.chat_id) { showMessages([frame]); renderReadState(); }
+        if (frame.chat_id === chat.chat_id) {
+          showMessages([frame]);
+          renderReadState();
+          // Their message has arrived: they are no longer typing it.
+          if (typing.has(frame.sender)) {
+            clearTimeout(typing.get(frame.sender));
+            typing.delete(frame.sender);
+            renderTyping();
+          }
+        }
         break;
       case "ack": {
         const entry = pending.get(frame.client_msg_id);

@@ -1,0 +1,33 @@
+"""Blocking I/O (the ORM, the Cassandra driver, Celery's broker) from async code.
+
+Channels' ``database_sync_to_async`` is thread-sensitive: every call in the
+process waits its turn on one thread, so one slow query (a Cassandra
+lightweight transaction takes milliseconds) would stall every connection.
+These calls are independent, so they run side by side on a pool of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import ParamSpec, TypeVar
+
+from channels.db import DatabaseSyncToAsync
+from django.conf import settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@cache
+def _io_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=settings.CHAT_IO_THREADS, thread_name_prefix="chat-io")
+
+
+def off_loop(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``fn`` as a coroutine function running on the I/O pool; like
+    ``database_sync_to_async``, it closes stale database connections around
+    the call."""
+    wrapped: Callable[P, Awaitable[R]] = DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_io_pool())
+    return wrapped
