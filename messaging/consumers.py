@@ -7,6 +7,7 @@ A switchboard: parse the frame, call a service, answer with an ``ack`` or an
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from messaging import services
-from messaging.delivery import encode_frame
+from messaging.delivery import encode_frame, ensure_inbox_reader
 from messaging.errors import BadRequest, ChatError, RateLimited
 from messaging.ids import parse_message_id
 from messaging.ratelimit import TokenBucket
@@ -41,6 +42,10 @@ def _field(frame: Frame, name: str, kind: type) -> Any:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # No channel per connection: frames arrive through the chat server's inbox
+    # (messaging.delivery), which saves a layer subscription per socket.
+    channel_layer_alias = "no-per-connection-channel"
+
     user: User
     connection: Connection | None = None
 
@@ -58,15 +63,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "read": self.handle_read,
         }
         await self.accept()
-        connection_opened()
-        self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, channel_name=self.channel_name)
+        device_id = uuid.uuid4().hex
+        connection_opened(device_id, self)
+        ensure_inbox_reader()
+        self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, device_id=device_id)
         for frame in await presence_connect(user=user, connection=self.connection):
             await self.send(text_data=encode_frame(frame))
 
     async def disconnect(self, code: int) -> None:
         if self.connection is not None:
-            connection_closed()
             connection, self.connection = self.connection, None
+            connection_closed(connection.device_id)
             await presence_disconnect(user=self.user, connection=connection)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -127,12 +134,3 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message_id is None:
             raise BadRequest("message_id must be a timeuuid")
         await services.chat_read_mark(user=self.user, chat_id=chat_id, message_id=message_id)
-
-    # Channel-layer events: the frame text is ready to go.
-    async def forward_frame(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
-
-    chat_message = forward_frame
-    chat_typing = forward_frame
-    chat_read = forward_frame
-    presence_update = forward_frame

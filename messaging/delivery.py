@@ -1,48 +1,122 @@
-"""Delivery to live devices through the channel layer.
+"""Delivery to live devices: one channel-layer event per chat server.
+
+The dispatcher (or a service) groups the devices it delivers to by the chat
+server that holds them and sends each server one ``server.fanout`` event with
+every frame and its recipients' channel names. Each chat server reads its own
+inbox channel and writes the frames to its local sockets. That is one layer
+round trip per server instead of one per device.
 
 The channel layer is at-most-once and drops past capacity; a device that
-misses a frame here catches up from the history. Frames are serialised once
-and the same text goes to every device.
+misses a frame catches up from the history. Frames are serialised once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+import re
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
 
+from presence.local import LocalConnections
 from presence.registry import Connection
 
 logger = logging.getLogger(__name__)
 
-# Channel-layer event types; the consumer has one handler for each.
-CHAT_MESSAGE_EVENT = "chat.message"
-CHAT_TYPING_EVENT = "chat.typing"
-CHAT_READ_EVENT = "chat.read"
-PRESENCE_UPDATE_EVENT = "presence.update"
+FANOUT_EVENT = "server.fanout"
+_UNSAFE_CHANNEL_CHARS = re.compile(r"[^a-zA-Z0-9\-_.]")
+
+# One delivery: a frame (already JSON text) and the devices it goes to.
+Delivery = tuple[str, Sequence[Connection]]
 
 
 def encode_frame(frame: Mapping[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-async def deliver_frame(connections: Iterable[Connection], *, event_type: str, frame: Mapping[str, Any]) -> int:
-    """Send one frame to each device; return how many the layer accepted."""
+def server_inbox(server_id: str) -> str:
+    """The channel a chat server reads its fan-out events from."""
+    return f"chatserver.{_UNSAFE_CHANNEL_CHARS.sub('_', server_id)}"
+
+
+def _layer() -> BaseChannelLayer:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("CHANNEL_LAYERS is not configured")
-    event = {"type": event_type, "text": encode_frame(frame)}
-    accepted = 0
-    for connection in connections:
+    return layer
+
+
+async def deliver(deliveries: Iterable[Delivery]) -> int:
+    """Send every frame to its devices; return how many device-frames were handed to the layer."""
+    per_server: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+    for text, connections in deliveries:
+        by_server: dict[str, list[str]] = defaultdict(list)
+        for connection in connections:
+            by_server[connection.server_id].append(connection.device_id)
+        for server_id, device_ids in by_server.items():
+            per_server[server_id].append((text, device_ids))
+    layer = _layer()
+    handed = 0
+    for server_id, frames in per_server.items():
         try:
-            await layer.send(connection.channel_name, event)
+            await layer.send(server_inbox(server_id), {"type": FANOUT_EVENT, "frames": frames})
         except ChannelFull:
-            # A device that stopped reading; it catches up from history.
-            logger.warning("channel %s is full; dropped a %s frame", connection.channel_name, event_type)
+            # That server is not keeping up; its devices catch up from history.
+            logger.warning("inbox of chat server %s is full; dropped %d frames", server_id, len(frames))
             continue
-        accepted += 1
-    return accepted
+        handed += sum(len(device_ids) for _, device_ids in frames)
+    return handed
+
+
+async def deliver_frame(connections: Sequence[Connection], *, frame: Mapping[str, Any]) -> int:
+    return await deliver([(encode_frame(frame), connections)])
+
+
+# --- the chat server's side ----------------------------------------------------
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def ensure_inbox_reader() -> None:
+    """Start this process's inbox reader in the running loop, once."""
+    loop = asyncio.get_running_loop()
+    task = _inboxes.get(loop)
+    if task is None or task.done():
+        _inboxes[loop] = loop.create_task(_read_inbox(server_inbox(settings.CHAT_SERVER_ID)), name="chat-inbox")
+
+
+async def _read_inbox(inbox: str) -> None:
+    layer = _layer()
+    while True:
+        try:
+            event = await layer.receive(inbox)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The layer's backend is away (Redis restarting): wait and read again.
+            logger.exception("reading the inbox %s failed", inbox)
+            await asyncio.sleep(settings.CHAT_DISPATCH_RETRY_SECONDS)
+            continue
+        if event.get("type") != FANOUT_EVENT:
+            continue
+        await _fan_out(event["frames"])
+
+
+async def _fan_out(frames: list[tuple[str, list[str]]]) -> None:
+    local = LocalConnections.by_device
+    for text, device_ids in frames:
+        for device_id in device_ids:
+            device = local.get(device_id)
+            if device is None:
+                continue  # it disconnected since the registry lookup
+            try:
+                await device.send(text_data=text)
+            except Exception:
+                logger.warning("writing to %s failed", device_id, exc_info=True)

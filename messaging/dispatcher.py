@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.backends import message_store
-from messaging.delivery import CHAT_MESSAGE_EVENT, deliver_frame
+from messaging.delivery import Delivery, deliver, encode_frame
 from messaging.types import Message
 from presence.backends import session_registry
 
@@ -26,22 +26,29 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
     members_by_chat = await off_loop(selectors.chat_member_ids)({m.chat_id for m in messages})
     recipients = {user_id for members in members_by_chat.values() for user_id in members}
     devices = await session_registry().lookup(recipients)
+    deliveries: list[Delivery] = []
+    offline_by_message: list[tuple[Message, list[int]]] = []
     for message in messages:
         members = members_by_chat.get(message.chat_id, [])
         connections = [connection for user_id in members for connection in devices.get(user_id, [])]
-        await deliver_frame(connections, event_type=CHAT_MESSAGE_EVENT, frame=message.to_frame())
+        deliveries.append((encode_frame(message.to_frame()), connections))
         offline = [user_id for user_id in members if user_id not in devices and user_id != message.sender_id]
         if offline:
-            await off_loop(_hand_to_push)(message, offline)
+            offline_by_message.append((message, offline))
+    # One fan-out event per chat server for the whole batch.
+    await deliver(deliveries)
+    if offline_by_message:
+        await off_loop(_hand_to_push)(offline_by_message)
 
 
-def _hand_to_push(message: Message, user_ids: list[int]) -> None:
+def _hand_to_push(offline_by_message: list[tuple[Message, list[int]]]) -> None:
     from messaging.tasks import push_notify
 
-    push_notify.delay(
-        user_ids=user_ids,
-        chat_id=message.chat_id,
-        message_id=str(message.message_id),
-        sender=message.sender,
-        preview=message.body,
-    )
+    for message, user_ids in offline_by_message:
+        push_notify.delay(
+            user_ids=user_ids,
+            chat_id=message.chat_id,
+            message_id=str(message.message_id),
+            sender=message.sender,
+            preview=message.body,
+        )

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.backends import message_bus, message_store
-from messaging.delivery import CHAT_READ_EVENT, CHAT_TYPING_EVENT, deliver_frame
+from messaging.delivery import deliver_frame
 from messaging.errors import BadRequest, NotMember, TooLarge, Unavailable, UserNotFound
 from messaging.ids import message_sort_key, new_message_id
 from messaging.models import Chat, Membership, PushNotification
@@ -140,7 +140,7 @@ async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> 
     if not moved:
         return
     frame: ReadFrame = {"type": "read", "chat_id": chat_id, "user": user.username, "message_id": str(message_id)}
-    await _deliver_to_chat(chat_id, event_type=CHAT_READ_EVENT, frame=frame)
+    await _deliver_to_chat(chat_id, frame=frame)
 
 
 async def chat_typing(*, user: User, chat_id: int) -> None:
@@ -148,17 +148,15 @@ async def chat_typing(*, user: User, chat_id: int) -> None:
     if not await off_loop(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
         raise NotMember("you are not a member of this chat")
     frame: TypingFrame = {"type": "typing", "chat_id": chat_id, "user": user.username}
-    await _deliver_to_chat(chat_id, event_type=CHAT_TYPING_EVENT, frame=frame, skip_user_id=user.pk)
+    await _deliver_to_chat(chat_id, frame=frame, skip_user_id=user.pk)
 
 
-async def _deliver_to_chat(
-    chat_id: int, *, event_type: str, frame: ReadFrame | TypingFrame, skip_user_id: int | None = None
-) -> None:
+async def _deliver_to_chat(chat_id: int, *, frame: ReadFrame | TypingFrame, skip_user_id: int | None = None) -> None:
     members = await off_loop(selectors.chat_member_ids)([chat_id])
     recipients = [user_id for user_id in members.get(chat_id, []) if user_id != skip_user_id]
     devices = await session_registry().lookup(recipients)
     connections = [connection for user_devices in devices.values() for connection in user_devices]
-    await deliver_frame(connections, event_type=event_type, frame=frame)
+    await deliver_frame(connections, frame=frame)
 
 
 NOTIFICATION_PREVIEW_CHARS = 200

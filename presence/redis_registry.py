@@ -1,7 +1,7 @@
 """The session registry and service discovery in Redis (the real engines).
 
 Keys (prefix ``CHAT_REDIS_PREFIX``, default ``chat``):
-- ``{p}:devices:{user_id}``  hash  channel_name -> "server_id|unix time of last sign of life"
+- ``{p}:devices:{user_id}``  hash  device_id -> "server_id|unix time of last sign of life"
 - ``{p}:last_seen``          hash  user_id -> unix time
 - ``{p}:servers``            zset  server_id scored by its last heartbeat
 - ``{p}:server:{server_id}`` hash  ws_url, connections   (expires: a dead server vanishes)
@@ -34,7 +34,7 @@ class RedisSessionRegistry:
         now = time.time()
         key = _key("devices", connection.user_id)
         pipe = async_redis().pipeline(transaction=True)
-        pipe.hset(key, connection.channel_name, _entry(connection, now))
+        pipe.hset(key, connection.device_id, _entry(connection, now))
         pipe.expire(key, settings.CHAT_PRESENCE_TIMEOUT_SECONDS * 2)
         pipe.hset(_key("last_seen"), str(connection.user_id), f"{now:.3f}")
         pipe.hgetall(key)
@@ -45,7 +45,7 @@ class RedisSessionRegistry:
         now = time.time()
         key = _key("devices", connection.user_id)
         pipe = async_redis().pipeline(transaction=True)
-        pipe.hdel(key, connection.channel_name)
+        pipe.hdel(key, connection.device_id)
         pipe.hset(_key("last_seen"), str(connection.user_id), f"{now:.3f}")
         pipe.hgetall(key)
         *_, devices = await pipe.execute()
@@ -67,8 +67,8 @@ class RedisSessionRegistry:
             live = self._live(devices, now)
             if live:
                 found[user_id] = [
-                    Connection(user_id=user_id, server_id=server_id, channel_name=channel_name)
-                    for channel_name, server_id in live.items()
+                    Connection(user_id=user_id, server_id=server_id, device_id=device_id)
+                    for device_id, server_id in live.items()
                 ]
         return found
 
@@ -81,12 +81,12 @@ class RedisSessionRegistry:
 
     @staticmethod
     def _live(devices: dict[str, str], now: float) -> dict[str, str]:
-        """channel_name -> server_id of the entries still within the presence timeout."""
+        """device_id -> server_id of the entries still within the presence timeout."""
         live = {}
-        for channel_name, entry in devices.items():
+        for device_id, entry in devices.items():
             server_id, _, stamp = entry.rpartition("|")
             if now - float(stamp) <= settings.CHAT_PRESENCE_TIMEOUT_SECONDS:
-                live[channel_name] = server_id
+                live[device_id] = server_id
         return live
 
 

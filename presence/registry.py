@@ -1,7 +1,7 @@
 """The session registry: which devices of a user are connected, where.
 
-A device is one WebSocket connection: the chat server holding it and the
-channel name that reaches it through the channel layer.
+A device is one WebSocket connection: the chat server holding it and an id
+unique to the connection, which that server's inbox reader maps to its socket.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 class Connection:
     user_id: int
     server_id: str
-    channel_name: str
+    device_id: str
 
 
 class SessionRegistry(Protocol):
@@ -46,13 +46,13 @@ class InProcessSessionRegistry:
 
     async def register(self, connection: Connection) -> int:
         devices = self._devices[connection.user_id]
-        devices[connection.channel_name] = connection
+        devices[connection.device_id] = connection
         self._last_seen[connection.user_id] = time.time()
         return len(devices)
 
     async def unregister(self, connection: Connection) -> int:
         devices = self._devices.get(connection.user_id, {})
-        devices.pop(connection.channel_name, None)
+        devices.pop(connection.device_id, None)
         self._last_seen[connection.user_id] = time.time()
         if not devices:
             self._devices.pop(connection.user_id, None)

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from chatsite.aio import off_loop
 from messaging import selectors
-from messaging.delivery import PRESENCE_UPDATE_EVENT, deliver_frame
+from messaging.delivery import deliver_frame
 from messaging.types import isoformat_utc
 from presence.backends import session_registry
 from presence.registry import Connection
@@ -35,7 +35,7 @@ def _presence_frame(username: str, *, online: bool, last_seen: float | None) -> 
 async def _tell_contacts(user: User, frame: PresenceFrame, contacts: dict[int, str]) -> None:
     devices = await session_registry().lookup(contacts)
     connections = [connection for user_devices in devices.values() for connection in user_devices]
-    await deliver_frame(connections, event_type=PRESENCE_UPDATE_EVENT, frame=frame)
+    await deliver_frame(connections, frame=frame)
 
 
 async def presence_connect(*, user: User, connection: Connection) -> list[PresenceFrame]:

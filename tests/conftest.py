@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chatsite.topology import Topology, full_topology, wait_for_consumer_group
-from tests.helpers import ApiClient, FullStack, LiveServer
+from tests.helpers import ApiClient, FullStack, LiveServer, ensure_services
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,13 +70,6 @@ def live_server_embedded() -> Iterator[LiveServer]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def ensure_services() -> None:
-    """Start the real servers (idempotent: running ones are left alone)."""
-    result = subprocess.run([str(REPO / "scripts/services/services.sh"), "up"], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"the real servers did not start:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 def create_postgres_database(name: str) -> str:

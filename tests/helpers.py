@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +17,18 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 PASSWORD = "correct-horse-battery-staple"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ensure_services() -> None:
+    """Start the real servers (idempotent: running ones are left alone)."""
+    import pytest
+
+    result = subprocess.run([str(REPO / "scripts/services/services.sh"), "up"], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"the real servers did not start:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
 _names = itertools.count()
 
 

@@ -28,6 +28,7 @@ from messaging.backends.orm_store import OrmMessageStore
 from messaging.ids import message_sort_key, new_message_id, timeuuid_for_time, timeuuid_from_parts
 from messaging.models import Chat
 from messaging.types import Message
+from tests.helpers import ensure_services
 
 HOSTS = [host.strip() for host in os.environ.get("CHAT_CASSANDRA_HOSTS", "127.0.0.1").split(",") if host.strip()]
 PORT = int(os.environ.get("CHAT_CASSANDRA_PORT", "9042"))
@@ -52,6 +53,8 @@ def make_store(bucket_seconds: int | None = None) -> CassandraMessageStore:
 
 @pytest.fixture(scope="module", autouse=True)
 def cassandra() -> Iterator[None]:
+    if "CHAT_CASSANDRA_PORT" not in os.environ:
+        ensure_services()  # the project's own local servers
     try:
         with socket.create_connection((HOSTS[0], PORT), timeout=3):
             pass

@@ -15,6 +15,7 @@ from django.test import override_settings
 from accounts.services import token_issue
 from chatsite.asgi import application
 from messaging.backends import message_bus, reset_backends
+from messaging.backends.inprocess_bus import InProcessMessageBus
 from messaging.services import chat_create_direct, chat_create_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -190,6 +191,15 @@ def fresh_backends() -> Any:
     reset_backends()
     yield
     reset_backends()
+
+
+@pytest.fixture(autouse=True)
+async def settled_dispatch(fresh_backends: None) -> Any:
+    """Let the in-process dispatcher finish before the test database is flushed."""
+    yield
+    bus = message_bus()
+    if isinstance(bus, InProcessMessageBus):
+        await bus.drain()
 
 
 @override_settings(

@@ -56,7 +56,7 @@ def _heartbeat_loop(server_id: str, ws_url: str, stop: threading.Event) -> None:
 
     while not stop.is_set():
         try:
-            server_heartbeat(server_id=server_id, ws_url=ws_url, connections=LocalConnections.count)
+            server_heartbeat(server_id=server_id, ws_url=ws_url, connections=LocalConnections.count())
         except Exception:
             # Redis down: this server drops out of discovery until it is back,
             # while the connections it holds keep working.
