@@ -179,6 +179,10 @@ CHAT_MAX_BODY_CHARS = env_int("CHAT_MAX_BODY_CHARS", 4000)
 # Largest WebSocket frame accepted, in bytes; bigger frames are refused unread.
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
 CHAT_MAX_GROUP_MEMBERS = env_int("CHAT_MAX_GROUP_MEMBERS", 1000)
+# A chat server trusts a membership it checked this recently (a removed member
+# can still send for up to this long); 0 checks the database every time.
+CHAT_MEMBERSHIP_CACHE_SECONDS = env_float("CHAT_MEMBERSHIP_CACHE_SECONDS", 5.0)
+CHAT_MEMBERSHIP_CACHE_SIZE = env_int("CHAT_MEMBERSHIP_CACHE_SIZE", 100_000)
 CHAT_MAX_CHAT_NAME_CHARS = 100
 CHAT_HISTORY_DEFAULT_LIMIT = 50
 CHAT_HISTORY_MAX_LIMIT = 200

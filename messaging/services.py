@@ -3,7 +3,9 @@ functions publish events to devices."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from django.conf import settings
@@ -21,6 +23,45 @@ from messaging.types import Message, ReadFrame, TypingFrame
 from presence.backends import session_registry
 
 CLIENT_MSG_ID_MAX_CHARS = 100
+
+
+class MembershipCache:
+    """Memberships checked recently, so a chatty connection does not query
+    the database for every frame. Only positive answers are kept: a new member
+    is admitted at once, a removed one is refused within the TTL."""
+
+    def __init__(self) -> None:
+        self._checked_at: OrderedDict[tuple[int, int], float] = OrderedDict()
+
+    def hit(self, user_id: int, chat_id: int) -> bool:
+        checked_at = self._checked_at.get((user_id, chat_id))
+        return checked_at is not None and time.monotonic() - checked_at < settings.CHAT_MEMBERSHIP_CACHE_SECONDS
+
+    def remember(self, user_id: int, chat_id: int) -> None:
+        key = (user_id, chat_id)
+        self._checked_at[key] = time.monotonic()
+        self._checked_at.move_to_end(key)
+        while len(self._checked_at) > settings.CHAT_MEMBERSHIP_CACHE_SIZE:
+            self._checked_at.popitem(last=False)
+
+    def clear(self) -> None:
+        self._checked_at.clear()
+
+
+_memberships = MembershipCache()
+
+
+def memberships_forget() -> None:
+    """Drop every cached membership of this process (tests reuse ids after a flush)."""
+    _memberships.clear()
+
+
+async def _check_member(*, user_id: int, chat_id: int) -> None:
+    if _memberships.hit(user_id, chat_id):
+        return
+    if not await off_loop(selectors.is_member)(user_id=user_id, chat_id=chat_id):
+        raise NotMember("you are not a member of this chat")
+    _memberships.remember(user_id, chat_id)
 
 
 def _users_by_username(usernames: Sequence[str]) -> list[User]:
@@ -88,8 +129,7 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
     """
     _check_body(body)
     _check_client_msg_id(client_msg_id)
-    if not await off_loop(selectors.is_member)(user_id=sender.pk, chat_id=chat_id):
-        raise NotMember("you are not a member of this chat")
+    await _check_member(user_id=sender.pk, chat_id=chat_id)
     store = message_store()
     fresh_id = new_message_id()
     try:
@@ -131,8 +171,7 @@ def _advance_read_marker(*, user_id: int, chat_id: int, message_id: uuid.UUID) -
 
 async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> None:
     """Move the user's read marker forward and tell the chat's devices."""
-    if not await off_loop(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
-        raise NotMember("you are not a member of this chat")
+    await _check_member(user_id=user.pk, chat_id=chat_id)
     stored = await off_loop(message_store().get_message)(chat_id=chat_id, message_id=message_id)
     if stored is None:
         raise BadRequest("no such message in this chat")
@@ -145,8 +184,7 @@ async def chat_read_mark(*, user: User, chat_id: int, message_id: uuid.UUID) -> 
 
 async def chat_typing(*, user: User, chat_id: int) -> None:
     """Tell the other members' devices that the user is typing."""
-    if not await off_loop(selectors.is_member)(user_id=user.pk, chat_id=chat_id):
-        raise NotMember("you are not a member of this chat")
+    await _check_member(user_id=user.pk, chat_id=chat_id)
     frame: TypingFrame = {"type": "typing", "chat_id": chat_id, "user": user.username}
     await _deliver_to_chat(chat_id, frame=frame, skip_user_id=user.pk)
 

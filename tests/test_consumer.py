@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -16,7 +17,7 @@ from accounts.services import token_issue
 from chatsite.asgi import application
 from messaging.backends import message_bus, reset_backends
 from messaging.backends.inprocess_bus import InProcessMessageBus
-from messaging.services import chat_create_direct, chat_create_group
+from messaging.services import chat_create_direct, chat_create_group, memberships_forget
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,6 +127,23 @@ async def test_presence_goes_online_and_offline_for_contacts() -> None:
     await alice_ws.disconnect()
 
 
+@override_settings(CHAT_MEMBERSHIP_CACHE_SECONDS=0.3)
+async def test_a_removed_member_is_refused_once_the_membership_cache_expires() -> None:
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat = await database_sync_to_async(chat_create_group)(creator=alice, name="g", member_usernames=["bob"])
+    ws = await connect(alice_token)
+    await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "in", "body": "hi"})
+    assert (await next_of(ws, "ack"))["client_msg_id"] == "in"
+    from messaging.models import Membership
+
+    await database_sync_to_async(Membership.objects.filter(chat=chat, user=alice).delete)()
+    await asyncio.sleep(0.4)
+    await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "out", "body": "hi?"})
+    refused = await next_of(ws, "error")
+    assert (refused["code"], refused["client_msg_id"]) == ("not_member", "out")
+    await ws.disconnect()
+
+
 @override_settings(CHAT_SEND_RATE_PER_SECOND=0.001, CHAT_SEND_BURST=2)
 async def test_a_flooding_connection_is_rate_limited() -> None:
     (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
@@ -189,6 +207,7 @@ async def test_browser_session_cookie_needs_our_own_origin() -> None:
 @pytest.fixture(autouse=True)
 def fresh_backends() -> Any:
     reset_backends()
+    memberships_forget()
     yield
     reset_backends()
 
