@@ -53,6 +53,8 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 VAR_DIR = Path(env_str("CHAT_VAR_DIR", str(BASE_DIR / "var")))
+# Runtime files (SQLite databases, logs) live here; make sure it exists.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -130,6 +132,9 @@ else:
             "NAME": env_str("CHAT_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
             # SQLite serialises writers; wait for the lock instead of failing fast.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            # A file, not shared-cache memory: threads of the I/O pool then wait
+            # for each other's locks like in production instead of failing.
+            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
         }
     }
 
@@ -189,6 +194,8 @@ CHAT_HISTORY_MAX_LIMIT = 200
 # Per-connection token bucket for "send" frames.
 CHAT_SEND_RATE_PER_SECOND = env_float("CHAT_SEND_RATE_PER_SECOND", 20.0)
 CHAT_SEND_BURST = env_int("CHAT_SEND_BURST", 60)
+# Sends one connection may have between frame and ack at once.
+CHAT_MAX_SENDS_IN_FLIGHT = env_int("CHAT_MAX_SENDS_IN_FLIGHT", 64)
 # A device counts as online while it heartbeats within this many seconds.
 CHAT_PRESENCE_TIMEOUT_SECONDS = env_int("CHAT_PRESENCE_TIMEOUT_SECONDS", 90)
 # Largest batch the in-process bus hands the dispatcher at once.
@@ -256,7 +263,16 @@ if CHAT_MODE == "full":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": CHAT_REDIS_URL, "max_connections": CHAT_REDIS_MAX_CONNECTIONS}],
+                "hosts": [
+                    {
+                        "address": CHAT_REDIS_URL,
+                        "max_connections": CHAT_REDIS_MAX_CONNECTIONS,
+                        # channels-redis blocks 5 s in BRPOP/BZPOPMIN on an idle
+                        # channel; redis-py 8's default 5 s socket timeout
+                        # would race it and fail idle reads.
+                        "socket_timeout": 30,
+                    }
+                ],
                 "capacity": CHAT_CHANNEL_CAPACITY,
                 "prefix": f"{CHAT_REDIS_PREFIX}:layer:",
             },

@@ -6,6 +6,7 @@ A switchboard: parse the frame, call a service, answer with an ``ack`` or an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -56,18 +57,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         self.send_bucket = TokenBucket(rate=settings.CHAT_SEND_RATE_PER_SECOND, burst=settings.CHAT_SEND_BURST)
+        self.sends_in_flight: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
             "send": self.handle_send,
             "heartbeat": self.handle_heartbeat,
             "typing": self.handle_typing,
             "read": self.handle_read,
         }
-        await self.accept()
         device_id = uuid.uuid4().hex
+        self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, device_id=device_id)
+        # Registered before the handshake completes: whatever is dispatched
+        # from now on is either delivered live or already stored when the
+        # client's catch-up (sent once it sees the socket open) reads history.
+        presence_snapshot = await presence_connect(user=user, connection=self.connection)
+        await self.accept()
         connection_opened(device_id, self)
         ensure_inbox_reader()
-        self.connection = Connection(user_id=user.pk, server_id=settings.CHAT_SERVER_ID, device_id=device_id)
-        for frame in await presence_connect(user=user, connection=self.connection):
+        for frame in presence_snapshot:
             await self.send(text_data=encode_frame(frame))
 
     async def disconnect(self, code: int) -> None:
@@ -112,7 +118,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         body = _field(frame, "body", str)
         if not self.send_bucket.allow():
             raise RateLimited("too many messages; slow down and retry with the same client_msg_id")
-        message = await services.message_send(sender=self.user, chat_id=chat_id, client_msg_id=client_msg_id, body=body)
+        # Sends of one connection overlap: each waits milliseconds on the store
+        # and the bus, and a client with several messages in flight should not
+        # pay those waits one after another. Past the limit, the connection
+        # stops reading frames until one finishes (backpressure).
+        while len(self.sends_in_flight) >= settings.CHAT_MAX_SENDS_IN_FLIGHT:
+            await asyncio.wait(self.sends_in_flight, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self.send_and_ack(chat_id=chat_id, client_msg_id=client_msg_id, body=body))
+        self.sends_in_flight.add(task)
+        task.add_done_callback(self.sends_in_flight.discard)
+
+    async def send_and_ack(self, *, chat_id: int, client_msg_id: str, body: str) -> None:
+        try:
+            message = await services.message_send(
+                sender=self.user, chat_id=chat_id, client_msg_id=client_msg_id, body=body
+            )
+        except ChatError as error:
+            await self.send_error(error, client_msg_id)
+            return
+        except Exception:
+            logger.exception("send from user %s failed", self.user.pk)
+            await self.send_error(ChatError("the server could not handle this frame"), client_msg_id)
+            return
         ack: AckFrame = {
             "type": "ack",
             "client_msg_id": client_msg_id,

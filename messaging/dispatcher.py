@@ -6,7 +6,6 @@ and deliver. The same code runs behind every bus.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from chatsite.aio import off_loop
@@ -15,8 +14,6 @@ from messaging.backends import message_store
 from messaging.delivery import Delivery, deliver, encode_frame
 from messaging.types import Message
 from presence.backends import session_registry
-
-logger = logging.getLogger(__name__)
 
 
 async def dispatch_messages(messages: Sequence[Message]) -> None:

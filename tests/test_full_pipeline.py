@@ -89,8 +89,10 @@ def test_message_crosses_servers_through_kafka_cassandra_and_redis(
     prefix = full_stack.env["CHAT_REDIS_PREFIX"]
     with socket_on(alice, server_a) as alice_ws, socket_on(bob, server_b) as bob_ws:
         # The session registry knows which chat server holds bob's device.
-        devices = registry.hgetall(f"{prefix}:devices:{bob.user_id}")  # type: ignore[attr-defined]
+        # (Registration follows the handshake by a moment: the client catches up on anything sent before it.)
+        devices = eventually(lambda: registry.hgetall(f"{prefix}:devices:{bob.user_id}"))  # type: ignore[attr-defined]
         assert [str(entry).rpartition("|")[0] for entry in devices.values()] == [server_id(server_b)]
+        eventually(lambda: registry.hgetall(f"{prefix}:devices:{alice.user_id}"))  # type: ignore[attr-defined]
 
         client_msg_id = alice_ws.send_message(chat_id, "across the pipeline")
         ack = alice_ws.expect("ack", client_msg_id=client_msg_id)
