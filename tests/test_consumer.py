@@ -151,7 +151,7 @@ async def test_a_flooding_connection_is_rate_limited() -> None:
     ws = await connect(alice_token)
     for n in range(3):
         await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": f"f{n}", "body": "spam"})
-    answers = {}
+    answers: dict[str, str] = {}
     while len(answers) < 3:  # acks come as each send completes, so in any order
         frame = json.loads(await ws.receive_from(timeout=5))
         if frame["type"] in {"ack", "error"}:
