@@ -131,7 +131,14 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_str("CHAT_SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
             # SQLite serialises writers; wait for the lock instead of failing fast.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            # WAL with synchronous=NORMAL: readers do not block the writer and a
+            # commit does not wait for an fsync (a power cut may lose the last
+            # commits, never corrupt the file).
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
             # A file, not shared-cache memory: threads of the I/O pool then wait
             # for each other's locks like in production instead of failing.
             "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
