@@ -7,7 +7,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-full test venv migrate lint typecheck pytest browser services-up services-down services-status clean
+.PHONY: run run-full bench test venv migrate lint typecheck pytest browser services-up services-down services-status clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
@@ -47,6 +47,11 @@ run-full: venv services-up
 	$(FULL_ENV) $(PY) manage.py chat_setup
 	@if [ ! -f var/.demo-seeded-full ]; then $(FULL_ENV) $(PY) manage.py seed_demo && touch var/.demo-seeded-full; fi
 	$(FULL_ENV) $(PY) manage.py run_full --host $(HOST) --port $(PORT)
+
+# Benchmarks: this project against a raw relay and the Channels tutorial design
+# (about 22 minutes on 2 cores); figures in bench/results/<date>.json.
+bench: venv services-up
+	$(PY) -m bench.run
 
 browser:
 	@scripts/ensure-chromium.sh

@@ -57,7 +57,8 @@ def test_deliveries_are_measured_and_none_lost(results, scenario):
         for field in LATENCY_FIELDS:
             assert figures["latency"][field] is not None, (target, field)
         assert figures["loadgen"]["cpu_s_window"] >= 0
-        assert run["server_cpu_s"] > 0, target
+        # A tiny run can use under 10 ms of server CPU, which rounds to 0.
+        assert run["server_cpu_s"] >= 0, target
         for label, usage in run["usage"]["processes"].items():
             assert usage["cpu_s"] is not None and usage["rss_peak_mb"] > 0, (target, label)
 

@@ -1,0 +1,1 @@
+"""Reference servers the project is measured against; none uses the project's code."""

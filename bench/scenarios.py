@@ -1,0 +1,496 @@
+"""The scenarios: which clients each one opens and what it measures.
+
+- ``fanout_flood``: R chats x M members, one sender per chat sending as fast as
+  acks allow (a window of W unacked messages) for a fixed time.
+- ``fanout_rate``: the same chats, each sender at a fixed offered rate (open loop).
+- ``idle``: N connections to one server process, each heartbeating every 30 s;
+  how many it holds and its RSS per connection.
+- ``history``: page latency of ``GET /api/chats/<id>/messages?limit=50&before=``
+  at random depths over a large stored history.
+- ``mixed``: idle members heartbeating, a few active chats at a moderate rate
+  with typing frames, and history reads, all at once.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.loadgen import ClientSpec, LoadRun, LoadSettings, ReaderSpec, aggregate
+from bench.monitor import ProcessMonitor, rss_of
+from bench.targets import BenchChat, HistoryRequest, Population, Target
+
+SCENARIOS = ["fanout_flood", "fanout_rate", "idle", "history", "mixed"]
+# Which targets each scenario runs on by default (the issue's matrix).
+DEFAULT_MATRIX: dict[str, list[str]] = {
+    "fanout_flood": ["raw", "channels", "embedded", "full"],
+    "fanout_rate": ["raw", "channels", "embedded", "full"],
+    "idle": ["raw", "embedded"],
+    "history": ["embedded", "full"],
+    "mixed": ["raw", "channels", "embedded", "full"],
+}
+# The idle scenario puts every connection on one process.
+SINGLE_PROCESS_TARGETS = {"raw", "channels", "embedded"}
+HISTORY_TARGETS = {"embedded", "full"}
+
+
+@dataclass
+class Sizes:
+    workers: int = 3
+    # Handshakes in flight per worker: clients arriving steadily, not a
+    # reconnect storm (daphne drops handshakes that wait over 5 s).
+    connect_concurrency: int = 4
+    connect_phase_limit: float = 300.0
+    body_chars: int = 100
+    grace: float = 15.0
+    quiet: float = 2.0
+    start_delay: float = 1.0
+    warmup_messages: int = 3
+    warmup_settle: float = 1.0
+    # Pause before an RSS reading, for the server to finish what the last step started.
+    settle: float = 2.0
+    # fan-out
+    chats: int = 20
+    members: int = 10
+    duration: float = 20.0
+    window: int = 8
+    # Per sender: 20 chats x 9 recipients x 2/s = 360 deliveries/s offered, under
+    # every target's flood capacity here, so the latencies compare like for like.
+    rate: float = 2.0
+    # idle
+    idle_connections: int = 10_000
+    idle_group: int = 10
+    idle_hold: float = 40.0
+    heartbeat_interval: float = 30.0
+    # history
+    history_messages: int = 1_000_000
+    history_chats: int = 10
+    history_span_days: float = 200.0
+    history_duration: float = 30.0
+    history_single_duration: float = 10.0
+    history_readers: int = 8
+    history_limit: int = 50
+    # "batch": Cassandra gets the store's rows as single-partition batches;
+    # "store": every fill goes through message_store().save_messages.
+    history_fill: str = "batch"
+    # mixed
+    mixed_idle: int = 2000
+    mixed_chats: int = 5
+    mixed_members: int = 20
+    mixed_rate: float = 5.0
+    mixed_duration: float = 30.0
+    mixed_readers: int = 4
+    mixed_read_rate: float = 2.0
+    mixed_history_per_chat: int = 2000
+    typing_interval: float = 3.0
+
+
+QUICK = Sizes(
+    workers=2,
+    grace=5.0,
+    quiet=0.5,
+    start_delay=0.3,
+    warmup_settle=0.3,
+    settle=0.3,
+    connect_phase_limit=60.0,
+    chats=2,
+    members=3,
+    duration=1.5,
+    window=4,
+    rate=5.0,
+    idle_connections=40,
+    idle_group=4,
+    idle_hold=2.0,
+    heartbeat_interval=1.0,
+    history_messages=600,
+    history_chats=2,
+    history_duration=1.5,
+    history_single_duration=1.0,
+    history_readers=2,
+    mixed_idle=12,
+    mixed_chats=2,
+    mixed_members=3,
+    mixed_rate=4.0,
+    mixed_duration=2.0,
+    mixed_readers=2,
+    mixed_read_rate=2.0,
+    mixed_history_per_chat=120,
+    typing_interval=1.0,
+)
+
+
+def groups(count: int, size: int, first_user: int = 0) -> list[list[int]]:
+    return [list(range(first_user + chat * size, first_user + (chat + 1) * size)) for chat in range(count)]
+
+
+def clients_for(
+    target: Target,
+    population: Population,
+    chats: list[BenchChat],
+    *,
+    senders: set[int],
+    heartbeat: bool,
+    typing: bool,
+    first_client: int = 0,
+    first_chat_index: int = 0,
+) -> list[ClientSpec]:
+    """One device per member; ``senders`` are chat positions whose first member sends."""
+    specs: list[ClientSpec] = []
+    for position, chat in enumerate(chats):
+        chat_index = first_chat_index + position
+        for place, member in enumerate(chat.members):
+            # Senders alternate between servers chat by chat, members within a chat.
+            url, headers = target.client_endpoint(population.users[member], chat, place + chat_index)
+            is_sender = position in senders and member == chat.members[0]
+            specs.append(
+                ClientSpec(
+                    client_id=first_client + len(specs),
+                    url=url,
+                    headers=headers,
+                    chat_index=chat_index,
+                    chat_id=chat.chat_id,
+                    sender_index=chat_index if is_sender else -1,
+                    heartbeat=heartbeat,
+                    typing=typing and is_sender,
+                )
+            )
+    return specs
+
+
+class ScenarioRun:
+    """One scenario on one started target; ``execute`` returns its record."""
+
+    def __init__(self, scenario: str, target: Target, sizes: Sizes, *, tag: str) -> None:
+        self.scenario = scenario
+        self.target = target
+        self.sizes = sizes
+        self.tag = tag
+        self.record: dict[str, Any] = {"scenario": scenario, "target": target.name, "status": "ok"}
+
+    def execute(self) -> dict[str, Any]:
+        began = time.monotonic()
+        try:
+            getattr(self, self.scenario)()
+        except Exception as exc:
+            self.record["status"] = "failed"
+            self.record["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+            self.record["traceback"] = traceback.format_exc()[-4000:]
+        death = self.target.check_alive()
+        if death is not None:
+            self.record["status"] = "failed"
+            self.record["server_died"] = death[-4000:]
+        self.record["wall_s"] = round(time.monotonic() - began, 1)
+        return self.record
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def settings(self, mode: str, duration: float, **overrides: Any) -> LoadSettings:
+        sizes = self.sizes
+        values: dict[str, Any] = {
+            "mode": mode,
+            "duration": duration,
+            "window": sizes.window,
+            "rate": sizes.rate,
+            "body_chars": sizes.body_chars,
+            "heartbeat_interval": sizes.heartbeat_interval,
+            "typing_interval": sizes.typing_interval,
+            "grace": sizes.grace,
+            "quiet": sizes.quiet,
+            "warmup_messages": sizes.warmup_messages,
+            "warmup_settle": sizes.warmup_settle,
+            "connect_concurrency": sizes.connect_concurrency,
+            "connect_phase_limit": sizes.connect_phase_limit,
+            "history_limit": sizes.history_limit,
+            "run_tag": self.tag,
+            **overrides,
+        }
+        return LoadSettings(**values)
+
+    def drive(
+        self,
+        clients: list[ClientSpec],
+        readers: list[ReaderSpec],
+        settings: LoadSettings,
+        *,
+        after_connect: Any = None,
+    ) -> dict[str, Any]:
+        """Connect everything, run the load, return the figures with the
+        servers' CPU and memory over the run."""
+        run = LoadRun(clients, readers, settings, workers=self.sizes.workers)
+        connect_began = time.monotonic()
+        run.launch()
+        try:
+            # The connect phase is measured on its own: handshakes (authentication,
+            # presence) cost the servers something the timed window does not show.
+            connecting = self.monitor(run)
+            connecting.start()
+            run.wait_ready(timeout=self.sizes.connect_phase_limit + 60)
+            self.record["connect_usage"] = connecting.stop()
+            self.record["connect_phase_s"] = round(time.monotonic() - connect_began, 2)
+            if after_connect is not None:
+                after_connect()
+            monitor = self.monitor(run)
+            start_at = time.time() + self.sizes.start_delay
+            run.start(start_at)
+            time.sleep(max(0.0, start_at - time.time()))
+            monitor.start()
+            run.wait_done(timeout=settings.duration + settings.grace + 120)
+            usage = monitor.stop()
+        finally:
+            run.shutdown()
+        figures = aggregate(run)
+        self.record["figures"] = figures
+        self.record["usage"] = usage
+        self.record["settings"] = asdict(settings)
+        summarize_usage(self.record)
+        return figures
+
+    def monitor(self, run: LoadRun) -> ProcessMonitor:
+        monitor = ProcessMonitor()
+        for label, pid in self.target.server_pids().items():
+            monitor.watch("server", label, pid)
+        for label, pid in self.target.infra_pids().items():
+            # Shared servers: their CPU includes anything else using them.
+            monitor.watch("infra", label, pid, rss_root_only=True)
+        for index, pid in enumerate(run.worker_pids()):
+            monitor.watch("loadgen", f"loadgen-{index}", pid, tree=False)
+        return monitor
+
+    def populate(
+        self, users: int, chats: list[list[int]], *, history_in: list[int] | None = None, per_chat: int = 0
+    ) -> Population:
+        """Users and chats on the target; with ``history_in``, ``per_chat``
+        messages stored directly in those chats (by position)."""
+        sizes = self.sizes
+        request = None
+        if history_in is not None:
+            request = HistoryRequest(
+                chat_positions=history_in,
+                per_chat=per_chat,
+                span_seconds=sizes.history_span_days * 86400,
+                # Older than anything sent live, so live messages stay the newest.
+                end_unix=time.time() - 60,
+                body_chars=sizes.body_chars,
+                cursors_per_chat=max(200, min(2000, per_chat)),
+                method=sizes.history_fill,
+            )
+        population = self.target.populate(self.tag, users, chats, request)
+        setup = self.record.setdefault("setup", {})
+        setup.update({"seconds": population.seconds, "users": users, "chats": len(chats)})
+        discovery = getattr(self.target, "discovery", None)
+        if discovery:
+            setup["discovery_ws_urls"] = sorted(set(discovery))
+        if population.history is not None:
+            filled = population.history
+            setup["history_fill"] = {
+                "messages": filled.stored,
+                "seconds": filled.seconds,
+                "messages_per_s": round(filled.stored / filled.seconds, 1) if filled.seconds else None,
+                "method": filled.method,
+            }
+        return population
+
+    # --- the scenarios -------------------------------------------------------------
+
+    def fanout(self, mode: str) -> None:
+        sizes = self.sizes
+        population = self.populate(sizes.chats * sizes.members, groups(sizes.chats, sizes.members))
+        clients = clients_for(
+            self.target, population, population.chats, senders=set(range(sizes.chats)), heartbeat=False, typing=False
+        )
+        self.record["params"] = {
+            "chats": sizes.chats,
+            "members": sizes.members,
+            "senders": sizes.chats,
+            "mode": mode,
+            "window": sizes.window if mode == "flood" else None,
+            "rate_per_sender": sizes.rate if mode == "rate" else None,
+            "offered_deliveries_per_s": sizes.rate * sizes.chats * (sizes.members - 1) if mode == "rate" else None,
+            "duration_s": sizes.duration,
+            "body_chars": sizes.body_chars,
+        }
+        self.drive(clients, [], self.settings(mode, sizes.duration))
+
+    def fanout_flood(self) -> None:
+        self.fanout("flood")
+
+    def fanout_rate(self) -> None:
+        self.fanout("rate")
+
+    def idle(self) -> None:
+        sizes = self.sizes
+        if self.target.name not in SINGLE_PROCESS_TARGETS:
+            raise RuntimeError(f"the idle scenario needs a one-process target, not {self.target.name}")
+        count = sizes.idle_connections
+        chats = groups(count // sizes.idle_group, sizes.idle_group)
+        if count % sizes.idle_group:
+            chats.append(list(range(len(chats) * sizes.idle_group, count)))
+        population = self.populate(count, chats)
+        clients = clients_for(self.target, population, population.chats, senders=set(), heartbeat=True, typing=False)
+        pid = self.target.server_pids()[self.target.idle_process()]
+        time.sleep(sizes.settle)
+        rss_before = rss_of(pid)
+        memory: dict[str, Any] = {"rss_before_mb": round(rss_before / 2**20, 1)}
+
+        def after_connect() -> None:
+            time.sleep(sizes.settle)
+            memory["rss_connected_mb"] = round(rss_of(pid) / 2**20, 1)
+
+        self.record["params"] = {
+            "connections": count,
+            "group_size": sizes.idle_group,
+            "heartbeat_interval_s": sizes.heartbeat_interval,
+            "hold_s": sizes.idle_hold,
+        }
+        figures = self.drive(
+            clients, [], self.settings("idle", sizes.idle_hold, grace=0.0, quiet=0.0), after_connect=after_connect
+        )
+        rss_after = rss_of(pid)
+        held = figures["open_at_end"]
+        memory["rss_after_mb"] = round(rss_after / 2**20, 1)
+        memory["held"] = held
+        memory["requested"] = count
+        memory["connect_failures"] = sum(figures["connect_failures"].values())
+        # Workers connect side by side, so the slowest one's time is the phase's.
+        seconds = figures["connect_seconds"]
+        memory["connect_seconds"] = seconds
+        memory["connect_per_s"] = round(figures["connected"] / seconds, 1) if seconds else None
+        memory["rss_per_connection_kb"] = round((rss_after - rss_before) / held / 1024, 2) if held else None
+        memory["process"] = self.target.idle_process()
+        self.record["idle"] = memory
+
+    def history(self) -> None:
+        sizes = self.sizes
+        if self.target.name not in HISTORY_TARGETS:
+            raise RuntimeError(f"{self.target.name} keeps no history")
+        readers_count = sizes.history_readers
+        # Every reader is a member of every history chat.
+        per_chat = max(1, sizes.history_messages // sizes.history_chats)
+        population = self.populate(
+            readers_count,
+            [list(range(readers_count))] * sizes.history_chats,
+            history_in=list(range(sizes.history_chats)),
+            per_chat=per_chat,
+        )
+        filled = population.history
+        assert filled is not None
+        bases = self.target.http_bases()
+        cursors = tuple(filled.cursors)
+        readers = [
+            ReaderSpec(reader_id=index, base_url=bases[index % len(bases)], token=user.token, cursors=cursors)
+            for index, user in enumerate(population.users)
+        ]
+        self.record["params"] = {
+            "messages": filled.stored,
+            "chats": sizes.history_chats,
+            "per_chat": per_chat,
+            "span_days": sizes.history_span_days,
+            "readers": readers_count,
+            "limit": sizes.history_limit,
+            "duration_s": sizes.history_duration,
+            "closed_loop": True,
+        }
+        # One reader first: the cost of a page on an otherwise idle server,
+        # before the closed loop of all readers measures it under contention.
+        single = self.settings("history", sizes.history_single_duration, grace=0.0, quiet=0.0)
+        solo = LoadRun([], readers[:1], single, workers=1)
+        solo.launch()
+        try:
+            solo.wait_ready(timeout=60)
+            solo.start(time.time() + 0.2)
+            solo.wait_done(timeout=single.duration + 60)
+        finally:
+            solo.shutdown()
+        self.record["history_single_reader"] = aggregate(solo).get("history")
+        self.drive([], readers, self.settings("history", sizes.history_duration, grace=0.0, quiet=0.0))
+
+    def mixed(self) -> None:
+        sizes = self.sizes
+        idle_chats = groups(sizes.mixed_idle // sizes.idle_group, sizes.idle_group)
+        idle_users = len(idle_chats) * sizes.idle_group
+        active_chats = groups(sizes.mixed_chats, sizes.mixed_members, first_user=idle_users)
+        users = idle_users + sizes.mixed_chats * sizes.mixed_members
+        project = self.target.project
+        population = self.populate(
+            users,
+            active_chats + idle_chats,
+            history_in=list(range(sizes.mixed_chats)) if project else None,
+            per_chat=sizes.mixed_history_per_chat,
+        )
+        active = population.chats[: sizes.mixed_chats]
+        idle = population.chats[sizes.mixed_chats :]
+        clients = clients_for(
+            self.target, population, active, senders=set(range(len(active))), heartbeat=True, typing=True
+        )
+        clients += clients_for(
+            self.target,
+            population,
+            idle,
+            senders=set(),
+            heartbeat=True,
+            typing=False,
+            first_client=len(clients),
+            first_chat_index=len(active),
+        )
+        readers: list[ReaderSpec] = []
+        if population.history is not None:
+            filled = population.history
+            bases = self.target.http_bases()
+            for index in range(sizes.mixed_readers):
+                chat = active[index % len(active)]
+                # A member other than the sender, so reads come from a receiving device's user.
+                member = chat.members[1 + (index // len(active)) % (len(chat.members) - 1)]
+                cursors = tuple(cursor for cursor in filled.cursors if cursor[0] == chat.chat_id)
+                readers.append(
+                    ReaderSpec(
+                        reader_id=index,
+                        base_url=bases[index % len(bases)],
+                        token=population.users[member].token,
+                        cursors=cursors,
+                    )
+                )
+        self.record["params"] = {
+            "idle_members": idle_users,
+            "active_chats": sizes.mixed_chats,
+            "active_members": sizes.mixed_members,
+            "rate_per_sender": sizes.mixed_rate,
+            "offered_deliveries_per_s": sizes.mixed_rate * sizes.mixed_chats * (sizes.mixed_members - 1),
+            "typing_every_s": sizes.typing_interval,
+            "heartbeat_every_s": sizes.heartbeat_interval,
+            "history_readers": len(readers),
+            "history_reads_per_s_offered": sizes.mixed_read_rate * len(readers),
+            "duration_s": sizes.mixed_duration,
+        }
+        self.drive(
+            clients,
+            readers,
+            self.settings("mixed", sizes.mixed_duration, rate=sizes.mixed_rate, reader_rate=sizes.mixed_read_rate),
+        )
+
+
+def summarize_usage(record: dict[str, Any]) -> None:
+    """The headline resource figures of a run, from the monitor's report."""
+    processes = record["usage"]["processes"]
+    figures = record["figures"]
+
+    def group_sum(group: str, key: str) -> float:
+        return round(sum(float(p[key]) for p in processes.values() if p["group"] == group and p[key] is not None), 2)
+
+    server_cpu = group_sum("server", "cpu_s")
+    infra_cpu = group_sum("infra", "cpu_s")
+    loadgen_cpu = figures["loadgen"]["cpu_s_window"]
+    deliveries = figures["deliveries"]
+    record["server_cpu_s"] = server_cpu
+    has_infra = any(p["group"] == "infra" for p in processes.values())
+    record["infra_cpu_s"] = infra_cpu if has_infra else None
+    record["loadgen_cpu_s"] = loadgen_cpu
+    record["server_rss_peak_mb"] = {label: p["rss_peak_mb"] for label, p in processes.items() if p["group"] == "server"}
+    record["server_cpu_per_1k_deliveries_s"] = round(server_cpu / deliveries * 1000, 4) if deliveries else None
+    record["system_cpu_per_1k_deliveries_s"] = (
+        round((server_cpu + infra_cpu) / deliveries * 1000, 4) if deliveries else None
+    )
+    busy = record["usage"]["machine_busy_cpu_s"]
+    # Whatever else ran on the machine meanwhile (other tenants, the kernel, this parent).
+    record["unattributed_cpu_s"] = round(busy - server_cpu - infra_cpu - loadgen_cpu, 2)
