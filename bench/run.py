@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and databases in the temp dir")
     parser.add_argument("--redis-db-channels", type=int, default=11)
     parser.add_argument("--redis-db-full", type=int, default=12)
-    parser.add_argument("--fill-processes", type=int, default=2, help="parallel Cassandra history fillers")
+    parser.add_argument("--fill-processes", type=int, default=2, help="history filler processes for large fills")
     sizes = parser.add_argument_group("sizes (defaults: the full run; --quick picks tiny ones)")
     for field in dataclasses.fields(Sizes):
         kind = {"int": int, "float": float, "str": str}[str(field.type)]
