@@ -10,6 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+# Re-exported: the harness and its targets import them from here.
+from chatsite.topology import free_port as free_port
+from chatsite.topology import free_port_pair as free_port_pair
+from chatsite.topology import port_is_free as port_is_free
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,30 +32,6 @@ def raise_nofile_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft, hard
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 free too (the full topology's two chat servers)."""
-    for _ in range(100):
-        port = free_port()
-        if port_is_free(port + 1):
-            return port
-    raise RuntimeError("no two adjacent free ports")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def port_answers(port: int, timeout: float = 1.0) -> bool:

@@ -21,6 +21,30 @@ from typing import IO
 REPO = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 free too (the full topology's two chat servers)."""
+    for _ in range(100):
+        port = free_port()
+        if port_is_free(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     name: str

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from chatsite.topology import Topology, full_topology, wait_for_consumer_group
+from chatsite.topology import Topology, free_port, free_port_pair, full_topology, wait_for_consumer_group
 from tests.helpers import ApiClient, FullStack, LiveServer, ensure_services
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
@@ -115,9 +109,7 @@ def full_stack() -> Iterator[FullStack]:
         )
         if done.returncode != 0:
             pytest.fail(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-    port = free_port()
-    while not port_is_free(port + 1):
-        port = free_port()
+    port = free_port_pair()
     topology = Topology(full_topology(host="127.0.0.1", port=port), env=env, log_dir=workdir / "logs")
     topology.start()
     try:
@@ -134,15 +126,6 @@ def full_stack() -> Iterator[FullStack]:
     finally:
         topology.stop()
         drop_cassandra_keyspace(env["CHAT_CASSANDRA_KEYSPACE"])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def drop_cassandra_keyspace(keyspace: str) -> None:
