@@ -25,6 +25,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
+from presence.backends import session_registry
 from presence.local import LocalConnections
 from presence.registry import Connection
 
@@ -77,6 +78,17 @@ async def deliver(deliveries: Iterable[Delivery]) -> int:
 
 async def deliver_frame(connections: Sequence[Connection], *, frame: Mapping[str, Any]) -> int:
     return await deliver([(encode_frame(frame), connections)])
+
+
+def connections_of(devices: Mapping[int, Sequence[Connection]]) -> list[Connection]:
+    """Every device of a registry lookup, flattened."""
+    return [connection for user_devices in devices.values() for connection in user_devices]
+
+
+async def deliver_to_users(user_ids: Iterable[int], *, frame: Mapping[str, Any]) -> int:
+    """Send one frame to every live device of these users."""
+    devices = await session_registry().lookup(user_ids)
+    return await deliver_frame(connections_of(devices), frame=frame)
 
 
 # --- the chat server's side ----------------------------------------------------

@@ -15,12 +15,11 @@ from django.db import IntegrityError, transaction
 from chatsite.aio import off_loop
 from messaging import selectors
 from messaging.backends import message_bus, message_store
-from messaging.delivery import deliver_frame
+from messaging.delivery import deliver_to_users
 from messaging.errors import BadRequest, NotMember, TooLarge, Unavailable, UserNotFound
 from messaging.ids import message_sort_key, new_message_id
 from messaging.models import Chat, Membership, PushNotification
 from messaging.types import Message, ReadFrame, TypingFrame
-from presence.backends import session_registry
 
 CLIENT_MSG_ID_MAX_CHARS = 100
 
@@ -191,10 +190,7 @@ async def chat_typing(*, user: User, chat_id: int) -> None:
 
 async def _deliver_to_chat(chat_id: int, *, frame: ReadFrame | TypingFrame, skip_user_id: int | None = None) -> None:
     members = await off_loop(selectors.chat_member_ids)([chat_id])
-    recipients = [user_id for user_id in members.get(chat_id, []) if user_id != skip_user_id]
-    devices = await session_registry().lookup(recipients)
-    connections = [connection for user_devices in devices.values() for connection in user_devices]
-    await deliver_frame(connections, frame=frame)
+    await deliver_to_users([user_id for user_id in members.get(chat_id, []) if user_id != skip_user_id], frame=frame)
 
 
 NOTIFICATION_PREVIEW_CHARS = 200

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from chatsite.aio import off_loop
 from messaging import selectors
-from messaging.delivery import deliver_frame
+from messaging.delivery import connections_of, deliver_frame, deliver_to_users
 from messaging.types import isoformat_utc
 from presence.backends import session_registry
 from presence.registry import Connection
@@ -32,21 +32,17 @@ def _presence_frame(username: str, *, online: bool, last_seen: float | None) -> 
     }
 
 
-async def _tell_contacts(user: User, frame: PresenceFrame, contacts: dict[int, str]) -> None:
-    devices = await session_registry().lookup(contacts)
-    connections = [connection for user_devices in devices.values() for connection in user_devices]
-    await deliver_frame(connections, frame=frame)
-
-
 async def presence_connect(*, user: User, connection: Connection) -> list[PresenceFrame]:
     """Register a device. The first device brings the user online for their
     contacts; the answer is the contacts' presence for the new device."""
     registry = session_registry()
     device_count = await registry.register(connection)
     contacts = await off_loop(selectors.contact_ids)(user_id=user.pk)
-    if device_count == 1:
-        await _tell_contacts(user, _presence_frame(user.username, online=True, last_seen=time.time()), contacts)
+    # One lookup serves both: the contacts to tell and the snapshot's statuses.
     online = await registry.lookup(contacts)
+    if device_count == 1:
+        frame = _presence_frame(user.username, online=True, last_seen=time.time())
+        await deliver_frame(connections_of(online), frame=frame)
     last_seen = await registry.last_seen(contacts)
     return [
         _presence_frame(username, online=user_id in online, last_seen=last_seen.get(user_id))
@@ -58,7 +54,7 @@ async def presence_disconnect(*, user: User, connection: Connection) -> None:
     remaining = await session_registry().unregister(connection)
     if remaining == 0:
         contacts = await off_loop(selectors.contact_ids)(user_id=user.pk)
-        await _tell_contacts(user, _presence_frame(user.username, online=False, last_seen=time.time()), contacts)
+        await deliver_to_users(contacts, frame=_presence_frame(user.username, online=False, last_seen=time.time()))
 
 
 async def presence_heartbeat(*, connection: Connection) -> None:
