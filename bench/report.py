@@ -63,6 +63,21 @@ def _errors(record: dict[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
+def fraction_of_saturation(record: dict[str, Any], records: Sequence[dict[str, Any]]) -> float | None:
+    """A fanout_rate run's offered deliveries/s over its target's fanout_flood
+    deliveries/s in the same invocation: as recorded when the rate was derived
+    from the flood, else from a flood run of that target later in the results."""
+    if record["scenario"] != "fanout_rate":
+        return None
+    params = record.get("params", {})
+    if params.get("fraction_of_saturation") is not None:
+        return float(params["fraction_of_saturation"])
+    floods = [r for r in records if r["scenario"] == "fanout_flood" and r["target"] == record["target"]]
+    flood = next((r for r in floods if r["status"] == "ok"), None)
+    saturation = flood.get("figures", {}).get("deliveries_per_s") if flood is not None else None
+    return ratio(params.get("offered_deliveries_per_s"), saturation)
+
+
 def delivery_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for record in records:
@@ -70,10 +85,14 @@ def delivery_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
             continue
         figures = record.get("figures", {})
         latency = figures.get("latency", {})
+        params = record.get("params", {})
+        offered = params.get("offered_deliveries_per_s")
         rows.append(
             [
                 record["scenario"],
                 record["target"],
+                float(offered) if offered is not None else None,
+                fraction_of_saturation(record, records),
                 figures.get("deliveries_per_s"),
                 latency.get("p50_ms"),
                 latency.get("p99_ms"),
@@ -113,13 +132,16 @@ def render(results: dict[str, Any]) -> str:
     out = []
     out.append(
         "Message fan-out (one delivery = one message frame at one recipient device; the sender's own echo"
-        " is excluded). Latency = sender's send time -> recipient's receive time, ms."
+        " is excluded). Latency = sender's send time -> recipient's receive time, ms. offered/s = deliveries/s"
+        " the fixed schedule offers (- = flood); of sat. = offered / the target's fanout_flood deliv/s."
     )
     out.append(
         table(
             [
                 "scenario",
                 "target",
+                "offered/s",
+                "of sat.",
                 "deliv/s",
                 "p50",
                 "p99",

@@ -140,6 +140,8 @@ def meta(args: argparse.Namespace, sizes: Sizes, run_id: str, nofile: tuple[int,
             "duplicates": "the same (sender, sequence) received more than once by one device",
             "cpu": "user+system CPU seconds of each process (and its children) from start to end of the run",
             "rss_peak": "largest RSS sampled every 0.5 s during the run; rss_high_water is the kernel's VmHWM",
+            "fraction_of_saturation": "fanout_rate's offered deliveries/s / the same target's fanout_flood "
+            "deliveries/s in this invocation (params.rate_basis says where the offered rate came from)",
         },
     }
 
@@ -162,8 +164,15 @@ def one_line(record: dict[str, Any]) -> str:
         page = figures.get("history", {})
         return f"{page.get('reads_per_s')} reads/s, p50 {page.get('p50_ms')} ms, p99 {page.get('p99_ms')} ms"
     latency = figures.get("latency", {})
+    params = record.get("params", {})
+    offered = ""
+    if params.get("offered_deliveries_per_s") is not None:
+        offered = f" (offered {params['offered_deliveries_per_s']}"
+        if params.get("fraction_of_saturation") is not None:
+            offered += f", {params['fraction_of_saturation']} of its flood"
+        offered += ")"
     return (
-        f"{figures.get('deliveries_per_s')} deliveries/s, p50 {latency.get('p50_ms')} ms, "
+        f"{figures.get('deliveries_per_s')} deliveries/s{offered}, p50 {latency.get('p50_ms')} ms, "
         f"p99 {latency.get('p99_ms')} ms, lost {figures.get('lost')}, dup {figures.get('duplicates')}, "
         f"server CPU {record.get('server_cpu_s')} s"
     )
@@ -205,7 +214,7 @@ def run_target(
             tag = f"b{run_id}{target.name[0]}{number}"
             if profiler is not None:
                 profiler.begin(f"{scenario}-{target.name}", target.server_pids())
-            record = ScenarioRun(scenario, target, sizes, tag=tag).execute()
+            record = ScenarioRun(scenario, target, sizes, tag=tag, earlier=records).execute()
             if profiler is not None:
                 record["profiles"] = profiler.end()
             records.append(record)

@@ -2,7 +2,9 @@
 
 - ``fanout_flood``: R chats x M members, one sender per chat sending as fast as
   acks allow (a window of W unacked messages) for a fixed time.
-- ``fanout_rate``: the same chats, each sender at a fixed offered rate (open loop).
+- ``fanout_rate``: the same chats, each sender on a fixed schedule (open loop)
+  at ``rate_fraction`` of what the same target delivered in its
+  ``fanout_flood`` run earlier in the invocation, or at ``rate`` without one.
 - ``idle``: N connections to one server process, each heartbeating every 30 s;
   how many it holds and its RSS per connection.
 - ``history``: page latency of ``GET /api/chats/<id>/messages?limit=50&before=``
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.loadgen import ClientSpec, LoadRun, LoadSettings, ReaderSpec, aggregate
 from bench.monitor import ProcessMonitor, rss_of
-from bench.targets import BenchChat, HistoryRequest, Population, Target
+from bench.targets import SERVICE_PORTS, BenchChat, HistoryRequest, Population, Target
 
 SCENARIOS = ["fanout_flood", "fanout_rate", "idle", "history", "mixed"]
 # Which targets each scenario runs on by default (the issue's matrix).
@@ -56,8 +59,13 @@ class Sizes:
     members: int = 10
     duration: float = 20.0
     window: int = 8
-    # Per sender: 20 chats x 9 recipients x 2/s = 360 deliveries/s offered, under
-    # every target's flood capacity here, so the latencies compare like for like.
+    # fanout_rate offers this fraction of the deliveries/s the same target reached
+    # in its fanout_flood run earlier in the same invocation (its saturation rate);
+    # 0 always offers the fixed ``rate`` below.
+    rate_fraction: float = 0.5
+    # Messages/s per sender when there is no flood figure to go by (fanout_rate
+    # ran without or before fanout_flood, or the flood run failed): 20 chats x
+    # 9 recipients x 2/s = 360 deliveries/s offered.
     rate: float = 2.0
     # idle
     idle_connections: int = 10_000
@@ -162,11 +170,21 @@ def clients_for(
 class ScenarioRun:
     """One scenario on one started target; ``execute`` returns its record."""
 
-    def __init__(self, scenario: str, target: Target, sizes: Sizes, *, tag: str) -> None:
+    def __init__(
+        self,
+        scenario: str,
+        target: Target,
+        sizes: Sizes,
+        *,
+        tag: str,
+        earlier: Sequence[dict[str, Any]] = (),
+    ) -> None:
         self.scenario = scenario
         self.target = target
         self.sizes = sizes
         self.tag = tag
+        # This target's records from earlier in the invocation (fanout_rate reads its flood figure).
+        self.earlier = list(earlier)
         self.record: dict[str, Any] = {"scenario": scenario, "target": target.name, "status": "ok"}
 
     def execute(self) -> dict[str, Any]:
@@ -294,8 +312,51 @@ class ScenarioRun:
 
     # --- the scenarios -------------------------------------------------------------
 
+    def rate_basis(self) -> dict[str, Any]:
+        """The fixed-rate run's per-sender rate, and why it is that.
+
+        Half of saturation (``rate_fraction``) when this target's
+        ``fanout_flood`` ran earlier in this invocation and delivered
+        something; otherwise the fixed ``rate``, with the reason recorded.
+        """
+        sizes = self.sizes
+        recipients = sizes.chats * (sizes.members - 1)
+        flood = next((r for r in reversed(self.earlier) if r["scenario"] == "fanout_flood"), None)
+        saturation = flood.get("figures", {}).get("deliveries_per_s") if flood is not None else None
+        basis: dict[str, Any] = {
+            "source": "fixed",
+            "rate_fraction": sizes.rate_fraction,
+            "fixed_rate_per_sender": sizes.rate,
+            "saturation_deliveries_per_s": saturation,
+        }
+        if sizes.rate_fraction <= 0:
+            basis["reason"] = "rate_fraction is 0: the fixed rate was asked for"
+        elif flood is None:
+            basis["reason"] = "no fanout_flood run of this target earlier in this invocation"
+        elif flood["status"] != "ok":
+            basis["reason"] = "this target's fanout_flood run failed"
+        elif not saturation or recipients <= 0:
+            basis["reason"] = "this target's fanout_flood run delivered nothing"
+        else:
+            basis["source"] = "fanout_flood"
+            basis["reason"] = f"{sizes.rate_fraction:g} of this target's fanout_flood deliveries/s in this invocation"
+            per_sender = sizes.rate_fraction * saturation / recipients
+            # At least one message per sender in the window, or there is nothing to measure.
+            floor = 1.0 / sizes.duration if sizes.duration > 0 else 0.0
+            if per_sender < floor:
+                basis["reason"] += f"; raised to the floor of one message per sender in the window ({floor:g}/s)"
+                per_sender = floor
+            basis["rate_per_sender"] = per_sender
+        basis.setdefault("rate_per_sender", sizes.rate)
+        offered = basis["rate_per_sender"] * recipients
+        basis["offered_deliveries_per_s"] = round(offered, 1)
+        basis["fraction_of_saturation"] = round(offered / saturation, 3) if saturation else None
+        return basis
+
     def fanout(self, mode: str) -> None:
         sizes = self.sizes
+        basis = self.rate_basis() if mode == "rate" else None
+        rate = basis["rate_per_sender"] if basis is not None else sizes.rate
         population = self.populate(sizes.chats * sizes.members, groups(sizes.chats, sizes.members))
         clients = clients_for(
             self.target, population, population.chats, senders=set(range(sizes.chats)), heartbeat=False, typing=False
@@ -306,12 +367,15 @@ class ScenarioRun:
             "senders": sizes.chats,
             "mode": mode,
             "window": sizes.window if mode == "flood" else None,
-            "rate_per_sender": sizes.rate if mode == "rate" else None,
-            "offered_deliveries_per_s": sizes.rate * sizes.chats * (sizes.members - 1) if mode == "rate" else None,
+            "rate_per_sender": round(rate, 3) if basis is not None else None,
+            "offered_deliveries_per_s": basis["offered_deliveries_per_s"] if basis is not None else None,
+            # Offered / this target's fanout_flood deliveries/s; None without a flood figure.
+            "fraction_of_saturation": basis["fraction_of_saturation"] if basis is not None else None,
+            "rate_basis": basis,
             "duration_s": sizes.duration,
             "body_chars": sizes.body_chars,
         }
-        self.drive(clients, [], self.settings(mode, sizes.duration))
+        self.drive(clients, [], self.settings(mode, sizes.duration, rate=rate))
 
     def fanout_flood(self) -> None:
         self.fanout("flood")
@@ -376,6 +440,10 @@ class ScenarioRun:
         )
         filled = population.history
         assert filled is not None
+        if self.target.name == "full":
+            # A bulk fill leaves Cassandra compacting for a while; pages read
+            # meanwhile measure the compaction, not the read path.
+            self.record["cassandra_compaction_wait"] = wait_for_compactions()
         bases = self.target.http_bases()
         cursors = tuple(filled.cursors)
         readers = [
@@ -468,6 +536,35 @@ class ScenarioRun:
             readers,
             self.settings("mixed", sizes.mixed_duration, rate=sizes.mixed_rate, reader_rate=sizes.mixed_read_rate),
         )
+
+
+def wait_for_compactions(*, timeout: float = 300.0, quiet_polls: int = 3) -> dict[str, Any]:
+    """Wait until Cassandra runs and queues no compaction for ``quiet_polls``
+    one-second polls in a row (what ``nodetool compactionstats`` shows, read
+    from the ``system_views`` virtual tables: the node runs without JMX).
+
+    The node may be shared, so other work's compactions count too; after
+    ``timeout`` seconds the run goes on and the record says so."""
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    cluster = Cluster(["127.0.0.1"], port=SERVICE_PORTS["cassandra"], load_balancing_policy=RoundRobinPolicy())
+    began = time.monotonic()
+    quiet = 0
+    try:
+        session = cluster.connect()
+        while quiet < quiet_polls and time.monotonic() - began < timeout:
+            running = len(list(session.execute("SELECT keyspace_name FROM system_views.sstable_tasks")))
+            pool = session.execute(
+                "SELECT active_tasks, pending_tasks FROM system_views.thread_pools WHERE name = 'CompactionExecutor'"
+            ).one()
+            queued = (pool.active_tasks + pool.pending_tasks) if pool is not None else 0
+            quiet = quiet + 1 if running == 0 and queued == 0 else 0
+            if quiet < quiet_polls:
+                time.sleep(1.0)
+    finally:
+        cluster.shutdown()
+    return {"seconds": round(time.monotonic() - began, 1), "settled": quiet >= quiet_polls}
 
 
 def summarize_usage(record: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, cast
 
 import orjson
@@ -16,7 +16,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from accounts.selectors import bearer_token, user_for_token
+from accounts.selectors import bearer_token, recent_user_for_token, user_for_token
+from chatsite.aio import off_loop
 from messaging.errors import BadRequest, ChatError, NotAuthenticated
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,53 @@ def api_view(
 
         wrapper.csrf_exempt = True  # type: ignore[attr-defined]
         return cast(Callable[Concatenate[HttpRequest, P], HttpResponse], wrapper)
+
+    return decorate
+
+
+def async_api_view(
+    *, methods: set[str]
+) -> Callable[
+    [Callable[Concatenate[HttpRequest, P], Coroutine[Any, Any, HttpResponse]]],
+    Callable[Concatenate[HttpRequest, P], Coroutine[Any, Any, HttpResponse]],
+]:
+    """``api_view`` for an async view (hot read paths): the same method check,
+    authentication and error mapping, without tying the request to a thread.
+
+    Django runs a sync view on a thread made for its request, so a database
+    connection cannot outlive the request: every call opened a new one. An
+    async view does its blocking work through ``chatsite.aio.off_loop``, whose
+    long-lived threads keep their connections (``CONN_MAX_AGE``). Only safe
+    methods are allowed: unsafe ones need ``api_view``'s CSRF check.
+    """
+    if not methods <= {"GET", "HEAD", "OPTIONS"}:
+        raise ValueError("async_api_view serves safe methods only")
+
+    def decorate(
+        view: Callable[Concatenate[HttpRequest, P], Coroutine[Any, Any, HttpResponse]],
+    ) -> Callable[Concatenate[HttpRequest, P], Coroutine[Any, Any, HttpResponse]]:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: P.args, **kwargs: P.kwargs) -> HttpResponse:
+            if request.method not in methods:
+                return error_response("method_not_allowed", f"use {' or '.join(sorted(methods))}", 405)
+            try:
+                token = bearer_token(request.headers.get("Authorization"))
+                if token is not None:
+                    user = recent_user_for_token(token) or await off_loop(user_for_token)(token)
+                    if user is None:
+                        raise NotAuthenticated("the bearer token is not valid")
+                    request.user = user
+                else:
+                    session_user = await request.auser()
+                    if not isinstance(session_user, User) or not session_user.is_authenticated:
+                        raise NotAuthenticated("send Authorization: Bearer <token> or log in")
+                    request.user = session_user
+                return await view(request, *args, **kwargs)
+            except ChatError as error:
+                return error_response(error.code, error.message, error.http_status)
+
+        wrapper.csrf_exempt = True  # type: ignore[attr-defined]
+        return cast(Callable[Concatenate[HttpRequest, P], Coroutine[Any, Any, HttpResponse]], wrapper)
 
     return decorate
 

@@ -142,6 +142,10 @@ else:
             # A file, not shared-cache memory: threads of the I/O pool then wait
             # for each other's locks like in production instead of failing.
             "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+            # Each I/O-pool thread keeps its connection: reopening one (and
+            # re-running the pragmas) per query was a fifth of a flood's CPU.
+            "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 600),
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 
@@ -195,6 +199,17 @@ CHAT_MAX_GROUP_MEMBERS = env_int("CHAT_MAX_GROUP_MEMBERS", 1000)
 # can still send for up to this long); 0 checks the database every time.
 CHAT_MEMBERSHIP_CACHE_SECONDS = env_float("CHAT_MEMBERSHIP_CACHE_SECONDS", 5.0)
 CHAT_MEMBERSHIP_CACHE_SIZE = env_int("CHAT_MEMBERSHIP_CACHE_SIZE", 100_000)
+# An API process trusts a bearer token it looked up this recently (a deleted
+# token or a deactivated user is still accepted for up to this long); 0 looks
+# the token up on every request.
+CHAT_AUTH_CACHE_SECONDS = env_float("CHAT_AUTH_CACHE_SECONDS", 5.0)
+CHAT_AUTH_CACHE_SIZE = env_int("CHAT_AUTH_CACHE_SIZE", 100_000)
+# How long the claim registry (Redis, or memory on the embedded default) binds
+# a (sender, client_msg_id) to its message id; it must exceed the longest time a
+# message can wait between its ack and the store (after that the store answers).
+CHAT_CLAIM_TTL_SECONDS = env_int("CHAT_CLAIM_TTL_SECONDS", 900)
+# Bindings the embedded default's in-memory registry holds at most (oldest go first).
+CHAT_CLAIM_REGISTRY_SIZE = env_int("CHAT_CLAIM_REGISTRY_SIZE", 200_000)
 CHAT_MAX_CHAT_NAME_CHARS = 100
 CHAT_HISTORY_DEFAULT_LIMIT = 50
 CHAT_HISTORY_MAX_LIMIT = 200
@@ -263,6 +278,7 @@ if CHAT_MODE == "full":
     CHAT_BACKENDS = {
         "message_store": "messaging.backends.cassandra_store.CassandraMessageStore",
         "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+        "claim_registry": "messaging.backends.claims.RedisClaimRegistry",
         "session_registry": "presence.redis_registry.RedisSessionRegistry",
         "server_directory": "presence.redis_registry.RedisServerDirectory",
     }
@@ -291,6 +307,7 @@ else:
     CHAT_BACKENDS = {
         "message_store": "messaging.backends.orm_store.OrmMessageStore",
         "message_bus": "messaging.backends.inprocess_bus.InProcessMessageBus",
+        "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
         "session_registry": "presence.registry.InProcessSessionRegistry",
         "server_directory": "presence.directory.SingleServerDirectory",
     }

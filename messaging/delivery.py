@@ -2,9 +2,10 @@
 
 The dispatcher (or a service) groups the devices it delivers to by the chat
 server that holds them and sends each server one ``server.fanout`` event with
-every frame and its recipients' channel names. Each chat server reads its own
-inbox channel and writes the frames to its local sockets. That is one layer
-round trip per server instead of one per device.
+every frame and its recipients' device ids, all servers at once. Each chat
+server reads its own inbox channel, ``chatserver.<id>``, and writes the frames
+to its local sockets. That is one layer send per server instead of one per
+device.
 
 The channel layer is at-most-once and drops past capacity; a device that
 misses a frame catches up from the history. Frames are serialised once.
@@ -36,6 +37,8 @@ _UNSAFE_CHANNEL_CHARS = re.compile(r"[^a-zA-Z0-9\-_.]")
 
 # One delivery: a frame (already JSON text) and the devices it goes to.
 Delivery = tuple[str, Sequence[Connection]]
+# What a chat server's inbox carries: frames with their recipients' device ids.
+Frames = list[tuple[str, list[str]]]
 
 
 def encode_frame(frame: Mapping[str, Any]) -> str:
@@ -55,25 +58,40 @@ def _layer() -> BaseChannelLayer:
 
 
 async def deliver(deliveries: Iterable[Delivery]) -> int:
-    """Send every frame to its devices; return how many device-frames were handed to the layer."""
-    per_server: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+    """Send every frame to its devices; return how many device-frames the inboxes took."""
+    per_server: dict[str, Frames] = defaultdict(list)
     for text, connections in deliveries:
         by_server: dict[str, list[str]] = defaultdict(list)
         for connection in connections:
             by_server[connection.server_id].append(connection.device_id)
         for server_id, device_ids in by_server.items():
             per_server[server_id].append((text, device_ids))
-    layer = _layer()
-    handed = 0
-    for server_id, frames in per_server.items():
-        try:
-            await layer.send(server_inbox(server_id), {"type": FANOUT_EVENT, "frames": frames})
-        except ChannelFull:
-            # That server is not keeping up; its devices catch up from history.
-            logger.warning("inbox of chat server %s is full; dropped %d frames", server_id, len(frames))
-            continue
-        handed += sum(len(device_ids) for _, device_ids in frames)
-    return handed
+    # The servers' inboxes are written side by side: no server's frames wait for another's.
+    sent = await asyncio.gather(
+        *(_send_to_server(server_id, frames) for server_id, frames in per_server.items()),
+        return_exceptions=True,
+    )
+    for outcome in sent:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return sum(outcome for outcome in sent if isinstance(outcome, int))
+
+
+async def _send_to_server(server_id: str, frames: Frames) -> int:
+    if not await _inbox_put(server_id, frames):
+        # That server is not keeping up; its devices catch up from history.
+        logger.warning("inbox of chat server %s is full; dropped %d frames", server_id, len(frames))
+        return 0
+    return sum(len(device_ids) for _, device_ids in frames)
+
+
+async def _inbox_put(server_id: str, frames: Frames) -> bool:
+    """Queue one fan-out event for a chat server; False when its inbox is full."""
+    try:
+        await _layer().send(server_inbox(server_id), {"type": FANOUT_EVENT, "frames": frames})
+    except ChannelFull:
+        return False
+    return True
 
 
 async def deliver_frame(connections: Sequence[Connection], *, frame: Mapping[str, Any]) -> int:
@@ -121,7 +139,7 @@ async def _read_inbox(inbox: str) -> None:
         await _fan_out(event["frames"])
 
 
-async def _fan_out(frames: list[tuple[str, list[str]]]) -> None:
+async def _fan_out(frames: Frames) -> None:
     local = LocalConnections.by_device
     for text, device_ids in frames:
         for device_id in device_ids:

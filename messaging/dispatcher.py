@@ -6,6 +6,7 @@ and deliver. The same code runs behind every bus.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from chatsite.aio import off_loop
@@ -14,15 +15,26 @@ from messaging.backends import message_store
 from messaging.delivery import Delivery, deliver, encode_frame
 from messaging.types import Message
 from presence.backends import session_registry
+from presence.registry import Connection
 
 
 async def dispatch_messages(messages: Sequence[Message]) -> None:
     if not messages:
         return
-    await off_loop(message_store().save_messages)(messages)
-    members_by_chat = await off_loop(selectors.chat_member_ids)({m.chat_id for m in messages})
-    recipients = {user_id for members in members_by_chat.values() for user_id in members}
-    devices = await session_registry().lookup(recipients)
+    # The recipients are looked up while the batch is being stored: both are
+    # round trips to other servers, and only delivery has to wait for the store.
+    # A failure of either is raised only once both are done: nothing is left
+    # running when the caller rewinds the batch.
+    saved, looked_up = await asyncio.gather(
+        off_loop(message_store().save_messages)(messages),
+        _recipients({m.chat_id for m in messages}),
+        return_exceptions=True,
+    )
+    if isinstance(saved, BaseException):
+        raise saved
+    if isinstance(looked_up, BaseException):
+        raise looked_up
+    members_by_chat, devices = looked_up
     deliveries: list[Delivery] = []
     offline_by_message: list[tuple[Message, list[int]]] = []
     for message in messages:
@@ -36,6 +48,13 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
     await deliver(deliveries)
     if offline_by_message:
         await off_loop(_hand_to_push)(offline_by_message)
+
+
+async def _recipients(chat_ids: set[int]) -> tuple[dict[int, list[int]], dict[int, list[Connection]]]:
+    """Each chat's member ids, and the live devices of all of them."""
+    members_by_chat = await off_loop(selectors.chat_member_ids)(chat_ids)
+    recipients = {user_id for members in members_by_chat.values() for user_id in members}
+    return members_by_chat, await session_registry().lookup(recipients)
 
 
 def _hand_to_push(offline_by_message: list[tuple[Message, list[int]]]) -> None:

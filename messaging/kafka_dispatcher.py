@@ -4,6 +4,11 @@
 At-least-once underneath: offsets are committed only after a batch is stored
 and delivered. If the worker dies mid-batch, the group rebalances and another
 dispatcher replays the batch; the store's upsert by message_id keeps one copy.
+
+The commit is sent without waiting for the broker's answer (the next poll
+carries it), so a batch does not wait behind the previous batch's commit. A
+commit that fails or is lost only means the batch may be replayed, as above;
+stopping commits synchronously.
 """
 
 from __future__ import annotations
@@ -82,8 +87,21 @@ class KafkaDispatcher:
                     self._stop.wait(settings.CHAT_DISPATCH_RETRY_SECONDS)
         finally:
             if consumer is not None:
+                self._commit_before_close(consumer)
                 consumer.close(autocommit=False)
             loop.close()
+
+    def _commit_before_close(self, consumer: KafkaConsumer) -> None:
+        """Every batch the loop finished is delivered: commit them and wait."""
+        try:
+            consumer.commit()
+        except Exception:
+            # Not committed: the next owner of the partitions replays them.
+            logger.warning("committing on stop failed", exc_info=True)
+
+    def _committed(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            logger.warning("committing offsets %s failed: %r", offsets, response)
 
     def _poll_once(self, consumer: KafkaConsumer, loop: asyncio.AbstractEventLoop) -> None:
         polled: dict[TopicPartition, list[ConsumerRecord]] = consumer.poll(
@@ -107,6 +125,6 @@ class KafkaDispatcher:
             for partition, partition_records in polled.items():
                 consumer.seek(partition, partition_records[0].offset)
             raise
-        consumer.commit()
+        consumer.commit_async(callback=self._committed)
         self.batches += 1
         self.messages += len(messages)

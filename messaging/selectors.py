@@ -11,6 +11,7 @@ from typing import TypedDict
 from django.conf import settings
 from django.contrib.auth.models import User
 
+from chatsite.recent import Recent
 from messaging.backends import message_store
 from messaging.errors import ChatNotFound, NotMember
 from messaging.models import Chat, Membership
@@ -116,5 +117,29 @@ def message_history_for_member(
     before: uuid.UUID | None = None,
     after: uuid.UUID | None = None,
 ) -> list[Message]:
-    chat_get_for_member(user=user, chat_id=chat_id)
+    _check_reader(user_id=user.pk, chat_id=chat_id)
     return message_store().history(chat_id=chat_id, limit=limit, before=before, after=after)
+
+
+# (user_id, chat_id) pairs whose membership was confirmed recently: a reader
+# paging through history costs one query per CHAT_MEMBERSHIP_CACHE_SECONDS, not
+# one per page. Only members are remembered, so a new member reads at once and a
+# removed one is refused within that bound.
+_recent_readers: Recent[tuple[int, int], bool] = Recent(
+    ttl=lambda: settings.CHAT_MEMBERSHIP_CACHE_SECONDS, size=lambda: settings.CHAT_MEMBERSHIP_CACHE_SIZE
+)
+
+
+def _check_reader(*, user_id: int, chat_id: int) -> None:
+    if _recent_readers.get((user_id, chat_id)):
+        return
+    if not is_member(user_id=user_id, chat_id=chat_id):
+        if not Chat.objects.filter(pk=chat_id).exists():
+            raise ChatNotFound("no such chat")
+        raise NotMember("you are not a member of this chat")
+    _recent_readers.put((user_id, chat_id), True)
+
+
+def readers_forget() -> None:
+    """Drop every remembered history reader of this process (tests reuse ids after a flush)."""
+    _recent_readers.clear()

@@ -3,18 +3,20 @@ functions publish events to devices."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from chatsite.aio import off_loop
+from chatsite.recent import Recent
 from messaging import selectors
-from messaging.backends import message_bus, message_store
+from messaging.backends import claim_registry, message_bus, message_store
+from messaging.backends.base import Claim
 from messaging.delivery import deliver_to_users
 from messaging.errors import BadRequest, NotMember, TooLarge, Unavailable, UserNotFound
 from messaging.ids import message_sort_key, new_message_id
@@ -24,30 +26,12 @@ from messaging.types import Message, ReadFrame, TypingFrame
 CLIENT_MSG_ID_MAX_CHARS = 100
 
 
-class MembershipCache:
-    """Memberships checked recently, so a chatty connection does not query
-    the database for every frame. Only positive answers are kept: a new member
-    is admitted at once, a removed one is refused within the TTL."""
-
-    def __init__(self) -> None:
-        self._checked_at: OrderedDict[tuple[int, int], float] = OrderedDict()
-
-    def hit(self, user_id: int, chat_id: int) -> bool:
-        checked_at = self._checked_at.get((user_id, chat_id))
-        return checked_at is not None and time.monotonic() - checked_at < settings.CHAT_MEMBERSHIP_CACHE_SECONDS
-
-    def remember(self, user_id: int, chat_id: int) -> None:
-        key = (user_id, chat_id)
-        self._checked_at[key] = time.monotonic()
-        self._checked_at.move_to_end(key)
-        while len(self._checked_at) > settings.CHAT_MEMBERSHIP_CACHE_SIZE:
-            self._checked_at.popitem(last=False)
-
-    def clear(self) -> None:
-        self._checked_at.clear()
-
-
-_memberships = MembershipCache()
+# (user_id, chat_id) pairs checked recently, so a chatty connection does not
+# query the database for every frame. Only members are remembered: a new
+# member is admitted at once, a removed one is refused within the TTL.
+_memberships: Recent[tuple[int, int], bool] = Recent(
+    ttl=lambda: settings.CHAT_MEMBERSHIP_CACHE_SECONDS, size=lambda: settings.CHAT_MEMBERSHIP_CACHE_SIZE
+)
 
 
 def memberships_forget() -> None:
@@ -56,11 +40,11 @@ def memberships_forget() -> None:
 
 
 async def _check_member(*, user_id: int, chat_id: int) -> None:
-    if _memberships.hit(user_id, chat_id):
+    if _memberships.get((user_id, chat_id)):
         return
     if not await off_loop(selectors.is_member)(user_id=user_id, chat_id=chat_id):
         raise NotMember("you are not a member of this chat")
-    _memberships.remember(user_id, chat_id)
+    _memberships.put((user_id, chat_id), True)
 
 
 def _users_by_username(usernames: Sequence[str]) -> list[User]:
@@ -129,32 +113,59 @@ async def message_send(*, sender: User, chat_id: int, client_msg_id: str, body: 
     _check_body(body)
     _check_client_msg_id(client_msg_id)
     await _check_member(user_id=sender.pk, chat_id=chat_id)
-    store = message_store()
-    fresh_id = new_message_id()
-    try:
-        message_id, claimed_chat_id = await off_loop(store.claim_client_msg_id)(
-            sender_id=sender.pk, client_msg_id=client_msg_id, chat_id=chat_id, message_id=fresh_id
-        )
-    except Exception as exc:
-        raise Unavailable("the message store is unavailable; retry with the same client_msg_id") from exc
-    if claimed_chat_id != chat_id:
+    bound = await _bind_client_msg_id(sender_id=sender.pk, client_msg_id=client_msg_id, chat_id=chat_id)
+    if bound.chat_id != chat_id:
         raise BadRequest("client_msg_id was already used for a message to another chat")
     message = Message(
-        message_id=message_id,
+        message_id=bound.message_id,
         chat_id=chat_id,
         sender_id=sender.pk,
         sender=sender.username,
         body=body,
         client_msg_id=client_msg_id,
     )
-    if message_id != fresh_id:
-        # A retry. If the first attempt reached the store, ack it again without
-        # a second publish; otherwise that publish may have failed: publish again.
-        stored: Message | None = await off_loop(store.get_message)(chat_id=chat_id, message_id=message_id)
-        if stored is not None:
-            return stored
+    if bound.fresh:
+        await message_bus().publish(message)
+        return message
+    # A retry. If the first attempt reached the store, ack it again without a
+    # second publish; otherwise that publish may have failed: publish again
+    # (the same id, so the store keeps one copy).
+    stored: Message | None = await off_loop(message_store().get_message)(chat_id=chat_id, message_id=bound.message_id)
+    if stored is not None:
+        return stored
     await message_bus().publish(message)
     return message
+
+
+class _Binding(NamedTuple):
+    message_id: uuid.UUID
+    chat_id: int
+    fresh: bool
+
+
+async def _bind_client_msg_id(*, sender_id: int, client_msg_id: str, chat_id: int) -> _Binding:
+    """The message id (and chat) a send's (sender, client_msg_id) is bound to.
+
+    The store holds every binding of a stored message for good; the claim
+    registry holds the recent ones, including those still on their way to the
+    store, and decides races between concurrent attempts. Both are asked at
+    once: a send pays one round trip, not two.
+    """
+    fresh = Claim(message_id=new_message_id(), chat_id=chat_id)
+    durable, registered = await asyncio.gather(
+        message_store().find_claim(sender_id=sender_id, client_msg_id=client_msg_id),
+        claim_registry().claim(sender_id=sender_id, client_msg_id=client_msg_id, claim=fresh),
+        return_exceptions=True,
+    )
+    if isinstance(durable, BaseException) or isinstance(registered, BaseException):
+        failure = durable if isinstance(durable, BaseException) else registered
+        assert isinstance(failure, BaseException)
+        raise Unavailable("the message store is unavailable; retry with the same client_msg_id") from failure
+    if durable is not None:
+        return _Binding(durable.message_id, durable.chat_id, fresh=False)
+    if registered is not None:
+        return _Binding(registered.message_id, registered.chat_id, fresh=False)
+    return _Binding(fresh.message_id, fresh.chat_id, fresh=True)
 
 
 def _advance_read_marker(*, user_id: int, chat_id: int, message_id: uuid.UUID) -> bool:

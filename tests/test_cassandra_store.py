@@ -12,7 +12,6 @@ import itertools
 import os
 import secrets
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
+from messaging.backends.base import Claim
 from messaging.backends.cassandra_store import CassandraMessageStore, close_sessions
 from messaging.backends.orm_store import OrmMessageStore
 from messaging.ids import message_sort_key, new_message_id, timeuuid_for_time, timeuuid_from_parts
@@ -131,47 +131,18 @@ def test_save_is_idempotent(store: CassandraMessageStore) -> None:
     store.save_messages([])
 
 
-def test_claim_returns_the_first_binding(store: CassandraMessageStore) -> None:
+async def test_saving_a_message_binds_its_client_msg_id(store: CassandraMessageStore) -> None:
     sender_id, chat_id = new_chat_id(), new_chat_id()
-    first, second = new_message_id(), new_message_id()
-    client_msg_id = str(uuid.uuid4())
+    sent = message(chat_id, new_message_id(), sender_id=sender_id)
+    assert await store.find_claim(sender_id=sender_id, client_msg_id=sent.client_msg_id) is None
 
-    bound = store.claim_client_msg_id(
-        sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id, message_id=first
+    store.save_messages([sent])
+
+    assert await store.find_claim(sender_id=sender_id, client_msg_id=sent.client_msg_id) == Claim(
+        message_id=sent.message_id, chat_id=chat_id
     )
-    assert bound == (first, chat_id)
-    again = store.claim_client_msg_id(
-        sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id + 1, message_id=second
-    )
-    assert again == (first, chat_id)
-    # The same client id of another sender is a different message.
-    other = store.claim_client_msg_id(
-        sender_id=sender_id + 1, client_msg_id=client_msg_id, chat_id=chat_id, message_id=second
-    )
-    assert other == (second, chat_id)
-
-
-def test_concurrent_claims_agree_on_one_winner(store: CassandraMessageStore) -> None:
-    sender_id, chat_id, client_msg_id = new_chat_id(), new_chat_id(), str(uuid.uuid4())
-    candidates = [new_message_id() for _ in range(8)]
-    results: list[tuple[uuid.UUID, int]] = []
-    lock = threading.Lock()
-
-    def claim(candidate: uuid.UUID) -> None:
-        result = store.claim_client_msg_id(
-            sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id, message_id=candidate
-        )
-        with lock:
-            results.append(result)
-
-    threads = [threading.Thread(target=claim, args=(candidate,)) for candidate in candidates]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == len(candidates)
-    assert len(set(results)) == 1
-    assert results[0][0] in candidates
+    # The same client id of another sender is unbound.
+    assert await store.find_claim(sender_id=sender_id + 1, client_msg_id=sent.client_msg_id) is None
 
 
 def test_row_lands_in_its_chat_and_bucket_partition() -> None:

@@ -15,8 +15,10 @@ from django.test import override_settings
 
 from accounts.services import token_issue
 from chatsite.asgi import application
-from messaging.backends import message_bus, reset_backends
+from messaging.backends import claim_registry, message_bus, reset_backends
+from messaging.backends.claims import InProcessClaimRegistry
 from messaging.backends.inprocess_bus import InProcessMessageBus
+from messaging.selectors import message_history_for_member
 from messaging.services import chat_create_direct, chat_create_group, memberships_forget
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -184,9 +186,10 @@ async def test_malformed_frames_are_refused_one_by_one() -> None:
     await ws.send_to(text_data="x" * 70_000)
     assert (await next_of(ws, "error"))["code"] == "bad_request"
     await message_bus().drain()  # type: ignore[attr-defined]
-    from messaging.models import StoredMessage
+    from messaging.models import ClientMessageClaim, StoredMessage
 
     assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
     await ws.disconnect()
 
 
@@ -204,6 +207,31 @@ async def test_browser_session_cookie_needs_our_own_origin() -> None:
     )
     connected, _ = await foreign.connect()
     assert not connected
+
+
+async def test_copies_of_one_send_in_flight_and_a_late_retry_make_one_message() -> None:
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    first, second = await connect(alice_token), await connect(alice_token)
+    frame = {"type": "send", "chat_id": chat.pk, "client_msg_id": "same", "body": "once"}
+    for _ in range(4):
+        await first.send_json_to(frame)
+        await second.send_json_to(frame)
+    acks = [await next_of(ws, "ack") for ws in (first, second) for _ in range(4)]
+    assert len({ack["message_id"] for ack in acks}) == 1
+    await message_bus().drain()  # type: ignore[attr-defined]
+
+    # A restart empties the in-memory claim registry; the stored binding answers.
+    registry = claim_registry()
+    assert isinstance(registry, InProcessClaimRegistry)
+    registry.clear()
+    await first.send_json_to(frame)
+    assert (await next_of(first, "ack"))["message_id"] == acks[0]["message_id"]
+    await message_bus().drain()  # type: ignore[attr-defined]
+    history = await database_sync_to_async(message_history_for_member)(user=alice, chat_id=chat.pk)
+    assert [message.message_id for message in history] == [uuid.UUID(acks[0]["message_id"])]
+    await first.disconnect()
+    await second.disconnect()
 
 
 @pytest.fixture(autouse=True)
@@ -227,6 +255,7 @@ async def settled_dispatch(fresh_backends: None) -> Any:
     CHAT_BACKENDS={
         "message_store": "messaging.backends.orm_store.OrmMessageStore",
         "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+        "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
         "session_registry": "presence.registry.InProcessSessionRegistry",
         "server_directory": "presence.directory.SingleServerDirectory",
     },
@@ -246,8 +275,9 @@ async def test_a_send_the_bus_cannot_take_is_refused_as_unavailable_and_stores_n
     while error["type"] != "error":
         error = json.loads(await ws.receive_from(timeout=15))
     assert (error["code"], error["client_msg_id"]) == ("unavailable", "k1")
-    from messaging.models import StoredMessage
+    from messaging.models import ClientMessageClaim, StoredMessage
 
     assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
     await ws.disconnect()
     message_bus().close()  # type: ignore[attr-defined]

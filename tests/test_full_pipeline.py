@@ -121,6 +121,43 @@ def test_message_crosses_servers_through_kafka_cassandra_and_redis(
     assert eventually(lambda: not registry.hgetall(f"{prefix}:devices:{bob.user_id}"))  # type: ignore[attr-defined]
 
 
+def test_concurrent_and_late_retries_of_one_client_msg_id_make_one_message(
+    full_stack: FullStack, full_api: ApiClient, cassandra: Session
+) -> None:
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    server_a, server_b = full_stack.ports
+    claims = redis.Redis.from_url(full_stack.env["CHAT_REDIS_URL"], decode_responses=True)
+    claim_key = f"{full_stack.env['CHAT_REDIS_PREFIX']}:claim:{alice.user_id}:"  # type: ignore[attr-defined]
+    client_msg_id = str(uuid.uuid4())
+    # Eight copies in flight at once, on two chat servers: the Redis claim
+    # makes them agree on one message id.
+    with socket_on(alice, server_a) as first, socket_on(alice, server_b) as second:
+        for _ in range(4):
+            first.send_message(chat_id, "once", client_msg_id)
+            second.send_message(chat_id, "once", client_msg_id)
+        acks = [ws.expect("ack", client_msg_id=client_msg_id) for ws in (first, second) for _ in range(4)]
+    message_ids = {ack["message_id"] for ack in acks}
+    assert len(message_ids) == 1
+    (message_id,) = message_ids
+    assert 0 < claims.ttl(claim_key + client_msg_id) <= int(full_stack.env.get("CHAT_CLAIM_TTL_SECONDS", "900"))
+
+    # Once stored, the binding is Cassandra's too, so a retry after Redis has
+    # forgotten it (expiry, a flushed Redis) still gets the same ack.
+    eventually(
+        lambda: cassandra.execute(
+            "SELECT message_id FROM client_message_claims WHERE sender_id=%s AND client_msg_id=%s",
+            (alice.user_id, client_msg_id),  # type: ignore[attr-defined]
+        ).one()
+    )
+    claims.delete(claim_key + client_msg_id)
+    with socket_on(alice, server_b) as late:
+        late.send_message(chat_id, "once", client_msg_id)
+        assert late.expect("ack", client_msg_id=client_msg_id)["message_id"] == message_id
+    history = alice.get(f"/api/chats/{chat_id}/messages").body["messages"]
+    assert [item["message_id"] for item in history] == [message_id]
+
+
 def test_service_discovery_hands_out_the_least_loaded_server(full_stack: FullStack, full_api: ApiClient) -> None:
     user = full_api.signup("lots")
     server_a, server_b = full_stack.ports

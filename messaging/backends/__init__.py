@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from messaging.backends.base import MessageBus, MessageStore
+from messaging.backends.base import ClaimRegistry, MessageBus, MessageStore
 
 
 @cache
@@ -24,6 +24,11 @@ def message_store() -> MessageStore:
 def message_bus() -> MessageBus:
     bus: MessageBus = _backend("message_bus")
     return bus
+
+
+def claim_registry() -> ClaimRegistry:
+    registry: ClaimRegistry = _backend("claim_registry")
+    return registry
 
 
 def backend(role: str) -> Any:

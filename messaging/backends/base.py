@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from messaging.types import Message
 
 
-class MessageStore(Protocol):
-    """Durable history. Every method is synchronous (run it off the event loop)."""
+class Claim(NamedTuple):
+    """What a (sender, client_msg_id) pair is bound to."""
 
-    def claim_client_msg_id(
-        self, *, sender_id: int, client_msg_id: str, chat_id: int, message_id: uuid.UUID
-    ) -> tuple[uuid.UUID, int]:
-        """Bind (sender, client_msg_id) to (``message_id``, ``chat_id``) unless
-        already bound; return the (message_id, chat_id) it is bound to."""
+    message_id: uuid.UUID
+    chat_id: int
+
+
+class MessageStore(Protocol):
+    """Durable history. Every method but ``find_claim`` is synchronous (run it
+    off the event loop)."""
+
+    async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
+        """The binding of a stored message's (sender, client_msg_id), if any.
+        Every send asks, so it is async and cheap (a key lookup)."""
 
     def save_messages(self, messages: Sequence[Message]) -> None:
-        """Store messages; saving one that is already stored changes nothing."""
+        """Store messages and bind each one's (sender, client_msg_id) to it;
+        saving one that is already stored changes nothing. A message's binding
+        is written with or after the message, never before it."""
 
     def get_message(self, *, chat_id: int, message_id: uuid.UUID) -> Message | None: ...
 
@@ -51,3 +59,16 @@ class MessageBus(Protocol):
     async def publish(self, message: Message) -> None:
         """Return once the bus has durably accepted the message (keyed by
         ``chat_id``); raise ``messaging.errors.Unavailable`` otherwise."""
+
+
+class ClaimRegistry(Protocol):
+    """Binds (sender, client_msg_id) to a message id atomically for the time a
+    message spends between the gateway and the store (``CHAT_CLAIM_TTL_SECONDS``).
+
+    Older bindings are the store's (``MessageStore.find_claim``): the registry
+    only has to make concurrent and quick retries agree.
+    """
+
+    async def claim(self, *, sender_id: int, client_msg_id: str, claim: Claim) -> Claim | None:
+        """Bind the pair to ``claim`` unless it is bound; return the existing
+        binding, or None when this call made it. Raise on an unreachable registry."""

@@ -30,6 +30,7 @@ alias would make the test runner create and drop a test keyspace for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -45,9 +46,10 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import dict_factory, tuple_factory
+from cassandra.query import tuple_factory
 from django.conf import settings
 
+from messaging.backends.base import Claim
 from messaging.ids import message_sort_key
 from messaging.types import Message
 
@@ -71,7 +73,6 @@ _COUNT_FETCH_MAX = 1000
 _BUCKET_FETCH_SIZE = 64
 _PARALLEL_BUCKETS = 8
 
-_CLAIMS_PROFILE = "chat_claims"
 _KEYSPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _MESSAGE_COLUMNS = "message_id, chat_id, sender_id, sender, body, client_msg_id"
 
@@ -155,14 +156,6 @@ def _session_for(config: CassandraConfig) -> Any:
                     load_balancing_policy=balancing,
                     consistency_level=consistency,
                     row_factory=tuple_factory,
-                    request_timeout=10,
-                ),
-                # A refused LWT answers with the row that won, read by name.
-                _CLAIMS_PROFILE: ExecutionProfile(
-                    load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)),
-                    consistency_level=consistency,
-                    serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
-                    row_factory=dict_factory,
                     request_timeout=10,
                 ),
             },
@@ -281,6 +274,10 @@ class CassandraMessageStore:
         with self._lock:
             self._known_buckets.clear()
 
+    def _session_ready(self) -> bool:
+        session = self._session
+        return session is not None and self._session_pid == os.getpid() and not session.is_shutdown
+
     def _prepare(self, cql: str, *, idempotent: bool = True) -> Any:
         session = self.session
         statement = self._statements.get(cql)
@@ -375,25 +372,21 @@ class CassandraMessageStore:
 
     # -- MessageStore
 
-    def claim_client_msg_id(
-        self, *, sender_id: int, client_msg_id: str, chat_id: int, message_id: uuid.UUID
-    ) -> tuple[uuid.UUID, int]:
-        ks = self.config.keyspace
-        statement = self._prepare(
-            f"INSERT INTO {ks}.client_message_claims (sender_id, client_msg_id, message_id, chat_id)"
-            " VALUES (?, ?, ?, ?) IF NOT EXISTS",
-            # Retrying a Paxos round after a timeout is safe here (the retry
-            # either applies or reports the winner), but leave that to the caller,
-            # who maps the error to "unavailable, retry with the same id".
-            idempotent=False,
+    async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
+        cql = (
+            f"SELECT message_id, chat_id FROM {self.config.keyspace}.client_message_claims"
+            " WHERE sender_id = ? AND client_msg_id = ?"
         )
-        result = self.session.execute(
-            statement, (sender_id, client_msg_id, message_id, chat_id), execution_profile=_CLAIMS_PROFILE
-        )
-        row: dict[str, Any] = result.one()
-        if row["[applied]"]:
-            return message_id, chat_id
-        return row["message_id"], int(row["chat_id"])
+        statement = self._statements.get(cql) if self._session_ready() else None
+        if statement is None:
+            # Connecting and preparing block: do them off the loop, once (no
+            # Django database involved, so a plain executor thread).
+            statement = await asyncio.get_running_loop().run_in_executor(None, self._prepare, cql)
+        rows = await _driver_result(self.session.execute_async(statement, (sender_id, client_msg_id)))
+        if not rows:
+            return None
+        message_id, chat_id = rows[0]
+        return Claim(message_id=message_id, chat_id=int(chat_id))
 
     def save_messages(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -433,6 +426,18 @@ class CassandraMessageStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
         execute_concurrent_with_args(session, insert_message, rows, concurrency=_SAVE_CONCURRENCY)
+        # Bindings after their messages: a binding the gateway finds means the
+        # message is stored, so a retry is acked without a second publish.
+        insert_claim = self._prepare(
+            f"INSERT INTO {ks}.client_message_claims (sender_id, client_msg_id, message_id, chat_id)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        claims = [
+            (message.sender_id, message.client_msg_id, message.message_id, message.chat_id)
+            for message in messages
+            if message.client_msg_id
+        ]
+        execute_concurrent_with_args(session, insert_claim, claims, concurrency=_SAVE_CONCURRENCY)
 
     def _storable_bucket(self, message_id: uuid.UUID) -> int:
         bucket = self.bucket(message_id)
@@ -524,3 +529,24 @@ class CassandraMessageStore:
                 if count >= cap:
                     break
         return count
+
+
+def _driver_result(future: Any) -> asyncio.Future[list[Any]]:
+    """An asyncio future for a driver ``ResponseFuture``'s first page of rows:
+    the driver answers on its own I/O thread, so no pool thread waits for it."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(rows: Any) -> None:
+        if not result.done():
+            result.set_result(list(rows or ()))
+
+    def fail(exc: BaseException) -> None:
+        if not result.done():
+            result.set_exception(exc)
+
+    future.add_callbacks(
+        lambda rows: loop.call_soon_threadsafe(settle, rows),
+        errback=lambda exc: loop.call_soon_threadsafe(fail, exc),
+    )
+    return result

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 
+from chatsite.aio import off_loop
+from messaging.backends.base import Claim
 from messaging.ids import message_sort_key
 from messaging.models import ClientMessageClaim, StoredMessage
 from messaging.types import Message
@@ -23,19 +26,44 @@ def _to_message(row: StoredMessage) -> Message:
     )
 
 
+_CLAIMS_TABLE = ClientMessageClaim._meta.db_table
+_FIND_CLAIM_SQL = f"SELECT message_id, chat_id FROM {_CLAIMS_TABLE} WHERE sender_id = %s AND client_msg_id = %s"
+
+
+_MESSAGES_TABLE = StoredMessage._meta.db_table
+_HISTORY_COLUMNS = "message_id, chat_id, sender_id, sender_username, body, client_msg_id"
+
+
+def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    # PostgreSQL answers a uuid, SQLite the 32 hex digits Django stores.
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def _row_to_message(row: Sequence[Any]) -> Message:
+    message_id, chat_id, sender_id, sender, body, client_msg_id = row
+    return Message(
+        message_id=_as_uuid(message_id),
+        chat_id=chat_id,
+        sender_id=sender_id,
+        sender=sender,
+        body=body,
+        client_msg_id=client_msg_id,
+    )
+
+
 class OrmMessageStore:
-    def claim_client_msg_id(
-        self, *, sender_id: int, client_msg_id: str, chat_id: int, message_id: uuid.UUID
-    ) -> tuple[uuid.UUID, int]:
-        try:
-            with transaction.atomic():
-                ClientMessageClaim.objects.create(
-                    sender_id=sender_id, client_msg_id=client_msg_id, chat_id=chat_id, message_id=message_id
-                )
-        except IntegrityError:
-            claim = ClientMessageClaim.objects.get(sender_id=sender_id, client_msg_id=client_msg_id)
-            return claim.message_id, claim.chat_id
-        return message_id, chat_id
+    async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
+        return await off_loop(self._find_claim)(sender_id=sender_id, client_msg_id=client_msg_id)
+
+    def _find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
+        # Every send asks this; the ORM's query compilation cost twenty times
+        # the lookup itself (docs/performance.md), so the SQL is written out.
+        with connection.cursor() as cursor:
+            cursor.execute(_FIND_CLAIM_SQL, [sender_id, client_msg_id])
+            found = cursor.fetchone()
+        if found is None:
+            return None
+        return Claim(message_id=_as_uuid(found[0]), chat_id=int(found[1]))
 
     def save_messages(self, messages: Sequence[Message]) -> None:
         rows = [
@@ -51,7 +79,20 @@ class OrmMessageStore:
             )
             for message in messages
         ]
-        StoredMessage.objects.bulk_create(rows, ignore_conflicts=True)
+        claims = [
+            ClientMessageClaim(
+                sender_id=message.sender_id,
+                client_msg_id=message.client_msg_id,
+                chat_id=message.chat_id,
+                message_id=message.message_id,
+            )
+            for message in messages
+            if message.client_msg_id
+        ]
+        # One transaction: a binding the gateway finds means the message is stored.
+        with transaction.atomic():
+            StoredMessage.objects.bulk_create(rows, ignore_conflicts=True)
+            ClientMessageClaim.objects.bulk_create(claims, ignore_conflicts=True)
 
     def get_message(self, *, chat_id: int, message_id: uuid.UUID) -> Message | None:
         row = StoredMessage.objects.filter(chat_id=chat_id, message_id=message_id).first()
@@ -65,15 +106,29 @@ class OrmMessageStore:
         before: uuid.UUID | None = None,
         after: uuid.UUID | None = None,
     ) -> list[Message]:
-        rows = StoredMessage.objects.filter(chat_id=chat_id)
+        # Every page asks this; compiling the ORM query and building model
+        # instances cost several times the indexed read itself, so the SQL is
+        # written out and rows stay tuples.
+        where = "chat_id = %s"
+        params: list[Any] = [chat_id]
         if before is not None:
-            rows = rows.filter(sort_key__lt=message_sort_key(before))
+            where += " AND sort_key < %s"
+            params.append(message_sort_key(before))
         if after is not None:
-            rows = rows.filter(sort_key__gt=message_sort_key(after))
-        if after is not None and before is None:
-            oldest_first = list(rows.order_by("sort_key")[:limit])
-            return [_to_message(row) for row in reversed(oldest_first)]
-        return [_to_message(row) for row in rows.order_by("-sort_key")[:limit]]
+            where += " AND sort_key > %s"
+            params.append(message_sort_key(after))
+        oldest_first = after is not None and before is None
+        params.append(limit)
+        sql = (
+            f"SELECT {_HISTORY_COLUMNS} FROM {_MESSAGES_TABLE} WHERE {where}"
+            f" ORDER BY sort_key {'ASC' if oldest_first else 'DESC'} LIMIT %s"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        if oldest_first:
+            rows.reverse()
+        return [_row_to_message(row) for row in rows]
 
     def latest_messages(self, chat_ids: Sequence[int]) -> dict[int, Message]:
         latest: dict[int, Message] = {}

@@ -1,0 +1,81 @@
+"""Claim registries: where concurrent and quick retries of one
+(sender, client_msg_id) agree on its message id before the store has it.
+
+The store keeps every binding for good (written with the message); a registry
+keeps one only for ``CHAT_CLAIM_TTL_SECONDS``, which must exceed the time a
+message can spend between the gateway's ack and the store (dispatch lag).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+
+from django.conf import settings
+
+from chatsite.redis_clients import async_redis
+from messaging.backends.base import Claim
+
+
+class InProcessClaimRegistry:
+    """The embedded default's registry: one process holds every connection,
+    so a dict on its event loop is atomic. Bounded by age and by count."""
+
+    def __init__(self) -> None:
+        self._claims: OrderedDict[tuple[int, str], tuple[Claim, float]] = OrderedDict()
+
+    async def claim(self, *, sender_id: int, client_msg_id: str, claim: Claim) -> Claim | None:
+        now = time.monotonic()
+        self._expire(now)
+        key = (sender_id, client_msg_id)
+        held = self._claims.get(key)
+        if held is not None:
+            return held[0]
+        self._claims[key] = (claim, now)
+        return None
+
+    def _expire(self, now: float) -> None:
+        ttl = settings.CHAT_CLAIM_TTL_SECONDS
+        limit = settings.CHAT_CLAIM_REGISTRY_SIZE
+        claims = self._claims
+        while claims:
+            _key, (_claim, made_at) = next(iter(claims.items()))
+            if now - made_at < ttl and len(claims) < limit:
+                return
+            claims.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every binding, as a restart would (tests)."""
+        self._claims.clear()
+
+
+class RedisClaimRegistry:
+    """The real engines' registry: ``SET key value NX GET EX ttl`` in Redis,
+    one round trip that either binds or answers the binding (Redis >= 7.0)."""
+
+    def _key(self, sender_id: int, client_msg_id: str) -> str:
+        return f"{settings.CHAT_REDIS_PREFIX}:claim:{sender_id}:{client_msg_id}"
+
+    async def claim(self, *, sender_id: int, client_msg_id: str, claim: Claim) -> Claim | None:
+        previous = await async_redis().set(
+            self._key(sender_id, client_msg_id),
+            _encode(claim),
+            nx=True,
+            get=True,
+            ex=settings.CHAT_CLAIM_TTL_SECONDS,
+        )
+        if previous is None:
+            return None
+        # decode_responses: the old value comes back as text.
+        assert isinstance(previous, str)
+        return _decode(previous)
+
+
+def _encode(claim: Claim) -> str:
+    return f"{claim.message_id}:{claim.chat_id}"
+
+
+def _decode(value: str) -> Claim:
+    message_id, _, chat_id = value.partition(":")
+    return Claim(message_id=uuid.UUID(message_id), chat_id=int(chat_id))

@@ -1,0 +1,139 @@
+"""The history endpoint in process: session and bearer auth, and how long
+remembered tokens and memberships may outlive a change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.test import AsyncClient, override_settings
+
+from accounts.models import ApiToken
+from accounts.selectors import tokens_forget
+from accounts.services import token_issue
+from messaging.backends import message_store
+from messaging.ids import new_message_id
+from messaging.models import Membership
+from messaging.selectors import readers_forget
+from messaging.services import chat_create_group
+from messaging.types import Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SHORT = 0.3
+
+
+@dataclass
+class Reader:
+    user: User
+    token: str
+    chat_id: int
+    bodies: list[str]
+
+
+@pytest.fixture(autouse=True)
+def _forget_between_tests() -> Iterator[None]:
+    # Ids are reused after each test's flush; remembered answers must not be.
+    tokens_forget()
+    readers_forget()
+    yield
+    tokens_forget()
+    readers_forget()
+
+
+def _chat_with_history(count: int = 3) -> Reader:
+    alice = User.objects.create_user("alice", password="pw-alice-123456")
+    bob = User.objects.create_user("bob", password="pw-bob-123456")
+    chat = chat_create_group(creator=alice, name="g", member_usernames=["bob"])
+    bodies = [f"m{n}" for n in range(count)]
+    message_store().save_messages(
+        [
+            Message(
+                message_id=new_message_id(),
+                chat_id=chat.pk,
+                sender_id=alice.pk,
+                sender=alice.username,
+                body=body,
+                client_msg_id=f"c{n}",
+            )
+            for n, body in enumerate(bodies)
+        ]
+    )
+    return Reader(user=bob, token=token_issue(user=bob), chat_id=chat.pk, bodies=bodies)
+
+
+async def _get(client: AsyncClient, path: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await client.get(path, headers=headers)
+    return response.status_code, response.json()
+
+
+async def test_history_is_served_to_a_bearer_token_and_to_a_logged_in_browser() -> None:
+    reader = await sync_to_async(_chat_with_history)()
+    path = f"/api/chats/{reader.chat_id}/messages?limit=2"
+    status, body = await _get(AsyncClient(), path, reader.token)
+    assert status == 200
+    assert [m["body"] for m in body["messages"]] == ["m2", "m1"]
+
+    browser = AsyncClient()
+    await browser.aforce_login(reader.user)
+    status, body = await _get(browser, path)
+    assert status == 200
+    assert [m["body"] for m in body["messages"]] == ["m2", "m1"]
+
+    status, body = await _get(AsyncClient(), path)
+    assert (status, body["error"]["code"]) == (401, "not_authenticated")
+    status, body = await _get(AsyncClient(), path, "not-a-token")
+    assert (status, body["error"]["code"]) == (401, "not_authenticated")
+    status, body = await _get(AsyncClient(), "/api/chats/999999/messages", reader.token)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    response = await AsyncClient().post(path, headers={"Authorization": f"Bearer {reader.token}"})
+    assert response.status_code == 405
+
+
+@override_settings(CHAT_AUTH_CACHE_SECONDS=SHORT)
+async def test_a_deactivated_user_is_refused_once_the_token_cache_expires() -> None:
+    reader = await sync_to_async(_chat_with_history)()
+    path = f"/api/chats/{reader.chat_id}/messages"
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 200
+    await User.objects.filter(pk=reader.user.pk).aupdate(is_active=False)
+    await asyncio.sleep(SHORT + 0.1)
+    status, body = await _get(AsyncClient(), path, reader.token)
+    assert (status, body["error"]["code"]) == (401, "not_authenticated")
+
+
+@override_settings(CHAT_AUTH_CACHE_SECONDS=SHORT)
+async def test_a_deleted_token_is_refused_once_the_token_cache_expires() -> None:
+    reader = await sync_to_async(_chat_with_history)()
+    path = f"/api/chats/{reader.chat_id}/messages"
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 200
+    await ApiToken.objects.filter(user=reader.user).adelete()
+    await asyncio.sleep(SHORT + 0.1)
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 401
+
+
+@override_settings(CHAT_MEMBERSHIP_CACHE_SECONDS=SHORT)
+async def test_a_removed_member_stops_reading_history_once_the_membership_cache_expires() -> None:
+    reader = await sync_to_async(_chat_with_history)()
+    path = f"/api/chats/{reader.chat_id}/messages"
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 200
+    await Membership.objects.filter(chat_id=reader.chat_id, user=reader.user).adelete()
+    await asyncio.sleep(SHORT + 0.1)
+    status, body = await _get(AsyncClient(), path, reader.token)
+    assert (status, body["error"]["code"]) == (403, "not_member")
+
+
+@override_settings(CHAT_AUTH_CACHE_SECONDS=0, CHAT_MEMBERSHIP_CACHE_SECONDS=0)
+async def test_with_the_caches_off_a_change_applies_to_the_next_request() -> None:
+    reader = await sync_to_async(_chat_with_history)()
+    path = f"/api/chats/{reader.chat_id}/messages"
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 200
+    await Membership.objects.filter(chat_id=reader.chat_id, user=reader.user).adelete()
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 403
+    await User.objects.filter(pk=reader.user.pk).aupdate(is_active=False)
+    assert (await _get(AsyncClient(), path, reader.token))[0] == 401
