@@ -8,6 +8,7 @@ These calls are independent, so they run side by side on a pool of their own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -31,3 +32,10 @@ def off_loop(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     the call."""
     wrapped: Callable[P, Awaitable[R]] = DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_io_pool())
     return wrapped
+
+
+async def run_blocking(fn: Callable[..., R], *args: object) -> R:
+    """``fn(*args)`` on the same I/O pool, for blocking calls that use no
+    Django database (the Cassandra driver): no connection housekeeping, which
+    would also touch the database where tests forbid it."""
+    return await asyncio.get_running_loop().run_in_executor(_io_pool(), fn, *args)

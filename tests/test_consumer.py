@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import override_settings
 
@@ -232,6 +233,30 @@ async def test_copies_of_one_send_in_flight_and_a_late_retry_make_one_message() 
     assert [message.message_id for message in history] == [uuid.UUID(acks[0]["message_id"])]
     await first.disconnect()
     await second.disconnect()
+
+
+@override_settings(
+    CHAT_BACKENDS={
+        **settings.CHAT_BACKENDS,
+        "claim_registry": "messaging.backends.claims.RedisClaimRegistry",
+    },
+    # Nothing listens on port 1: the claim registry is down.
+    CHAT_REDIS_URL="redis://127.0.0.1:1/0",
+    CHAT_REDIS_TIMEOUT_SECONDS=1.0,
+)
+async def test_a_send_whose_claim_registry_is_down_is_refused_as_unavailable_and_stores_nothing() -> None:
+    reset_backends()
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "r1", "body": "anyone?"})
+    error = await next_of(ws, "error")
+    assert (error["code"], error["client_msg_id"]) == ("unavailable", "r1")
+    await message_bus().drain()  # type: ignore[attr-defined]
+    from messaging.models import StoredMessage
+
+    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    await ws.disconnect()
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,6 @@ alias would make the test runner create and drop a test keyspace for it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -49,6 +48,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 from django.conf import settings
 
+from chatsite.aio import run_blocking
 from messaging.backends.base import Claim
 from messaging.ids import message_sort_key
 from messaging.types import Message
@@ -369,12 +369,12 @@ class CassandraMessageStore:
     # -- MessageStore
 
     async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
-        # On an executor thread, not the event loop: the driver's execute_async
-        # takes locks its I/O thread holds, and calling it from the chat
-        # server's loop stalled every socket under load (a flood fell from
-        # about 1,000 to under 350 deliveries/s). No Django database here, so
-        # a plain executor rather than chatsite.aio.off_loop.
-        row = await asyncio.get_running_loop().run_in_executor(None, self._find_claim, sender_id, client_msg_id)
+        # On the I/O pool, not the event loop: the driver's execute_async takes
+        # locks its I/O thread holds, and calling it from the chat server's
+        # loop stalled every socket under load (a flood fell from about 1,000
+        # to under 350 deliveries/s). Not asyncio's default executor either:
+        # its few threads (cores + 4) queued the sends of a busy server.
+        row = await run_blocking(self._find_claim, sender_id, client_msg_id)
         if row is None:
             return None
         message_id, chat_id = row
