@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.services import token_digest
+from chatsite.aio import off_loop
 from chatsite.recent import Recent
 
 # Token digest -> the active user it belonged to when last looked up. A
@@ -48,6 +49,12 @@ def user_for_token(token: str) -> User | None:
         ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
     _recent_tokens.put(digest, copy.copy(api_token.user))
     return api_token.user
+
+
+async def auser_for_token(token: str) -> User | None:
+    """``user_for_token`` for async callers: a remembered answer without
+    leaving the event loop, otherwise the lookup on the I/O pool."""
+    return recent_user_for_token(token) or await off_loop(user_for_token)(token)
 
 
 def tokens_forget() -> None:

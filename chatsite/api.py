@@ -16,8 +16,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from accounts.selectors import bearer_token, recent_user_for_token, user_for_token
-from chatsite.aio import off_loop
+from accounts.selectors import auser_for_token, bearer_token, user_for_token
 from messaging.errors import BadRequest, ChatError, NotAuthenticated
 
 logger = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def async_api_view(
             try:
                 token = bearer_token(request.headers.get("Authorization"))
                 if token is not None:
-                    user = recent_user_for_token(token) or await off_loop(user_for_token)(token)
+                    user = await auser_for_token(token)
                     if user is None:
                         raise NotAuthenticated("the bearer token is not valid")
                     request.user = user

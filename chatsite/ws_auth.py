@@ -16,8 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 
-from accounts.selectors import bearer_token, user_for_token
-from chatsite.aio import off_loop
+from accounts.selectors import auser_for_token, bearer_token
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -42,7 +41,7 @@ class TokenOrSessionAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         token = bearer_token(_header(scope, b"authorization"))
         if token is not None:
-            user = await off_loop(user_for_token)(token)
+            user = await auser_for_token(token)
             scope = dict(scope, user=user or AnonymousUser())
             return await self.inner(scope, receive, send)
         if not _origin_allowed(_header(scope, b"origin")):

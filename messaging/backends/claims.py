@@ -8,42 +8,32 @@ message can spend between the gateway's ack and the store (dispatch lag).
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections import OrderedDict
 
 from django.conf import settings
 
+from chatsite.recent import Recent
 from chatsite.redis_clients import async_redis
 from messaging.backends.base import Claim
 
 
 class InProcessClaimRegistry:
     """The embedded default's registry: one process holds every connection,
-    so a dict on its event loop is atomic. Bounded by age and by count."""
+    and nothing awaits between the look and the bind, so it is atomic on the
+    event loop. Bounded by age and by count."""
 
     def __init__(self) -> None:
-        self._claims: OrderedDict[tuple[int, str], tuple[Claim, float]] = OrderedDict()
+        self._claims: Recent[tuple[int, str], Claim] = Recent(
+            ttl=lambda: settings.CHAT_CLAIM_TTL_SECONDS, size=lambda: settings.CHAT_CLAIM_REGISTRY_SIZE
+        )
 
     async def claim(self, *, sender_id: int, client_msg_id: str, claim: Claim) -> Claim | None:
-        now = time.monotonic()
-        self._expire(now)
         key = (sender_id, client_msg_id)
         held = self._claims.get(key)
         if held is not None:
-            return held[0]
-        self._claims[key] = (claim, now)
+            return held
+        self._claims.put(key, claim)
         return None
-
-    def _expire(self, now: float) -> None:
-        ttl = settings.CHAT_CLAIM_TTL_SECONDS
-        limit = settings.CHAT_CLAIM_REGISTRY_SIZE
-        claims = self._claims
-        while claims:
-            _key, (_claim, made_at) = next(iter(claims.items()))
-            if now - made_at < ttl and len(claims) < limit:
-                return
-            claims.popitem(last=False)
 
     def clear(self) -> None:
         """Forget every binding, as a restart would (tests)."""
