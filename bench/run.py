@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-db-channels", type=int, default=11)
     parser.add_argument("--redis-db-full", type=int, default=12)
     parser.add_argument("--fill-processes", type=int, default=2, help="history filler processes for large fills")
+    parser.add_argument("--full-chat-servers", type=int, default=2, help="chat server processes of the full target")
+    parser.add_argument("--full-dispatchers", type=int, default=2, help="Kafka dispatcher processes of the full target")
     sizes = parser.add_argument_group("sizes (defaults: the full run; --quick picks tiny ones)")
     for field in dataclasses.fields(Sizes):
         kind = {"int": int, "float": float, "str": str}[str(field.type)]
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     redis_db_channels=args.redis_db_channels,
                     redis_db_full=args.redis_db_full,
                     fill_processes=args.fill_processes,
+                    full_chat_servers=args.full_chat_servers,
+                    full_dispatchers=args.full_dispatchers,
                 )
             )
             results["runs"] += run_target(target, wanted, sizes, restart=restart, run_id=run_id, profiler=profiler)

@@ -96,6 +96,8 @@ class TargetOptions:
     full_bucket_seconds: int = 10 * 24 * 3600
     fill_processes: int = 2
     send_limit: int = 1_000_000
+    full_chat_servers: int = 2
+    full_dispatchers: int = 2
 
 
 def ensure_services(names: list[str]) -> dict[str, Any]:
@@ -502,8 +504,8 @@ class EmbeddedTarget(_ProjectTarget, _SingleProcessTarget):
 class FullTarget(_ProjectTarget):
     name = "full"
     description = (
-        "this project, CHAT_MODE=full: 2 chat servers (daphne), 2 Kafka dispatchers (Celery), 1 notifier; "
-        "Kafka, Cassandra, Redis, PostgreSQL"
+        "this project, CHAT_MODE=full: chat servers (daphne; 2 by default), Kafka dispatchers (Celery; 2 by "
+        "default), 1 notifier; Kafka, Cassandra, Redis, PostgreSQL"
     )
     services = ["redis", "postgres", "kafka", "cassandra"]
 
@@ -555,18 +557,30 @@ class FullTarget(_ProjectTarget):
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda command: self.manage(*command), [("migrate", "--noinput"), ("chat_setup",)]))
         self.info["names"] = {**self.names, "database": self.database, "redis": self.redis_url}
+        self.info["topology"] = {
+            "chat_servers": self.options.full_chat_servers,
+            "dispatchers": self.options.full_dispatchers,
+            "notifiers": 1,
+        }
 
     def start(self) -> None:
         from chatsite.topology import Topology, full_topology, wait_for_consumer_group
 
         self.starts += 1
         self.port = free_port_pair()
-        specs = full_topology(host="127.0.0.1", port=self.port)
+        specs = full_topology(
+            host="127.0.0.1",
+            port=self.port,
+            chat_servers=self.options.full_chat_servers,
+            dispatchers=self.options.full_dispatchers,
+        )
         self.topology = Topology(specs, env=self.env, log_dir=self.workdir / f"logs-{self.starts}")
         self.topology.start()
         try:
             self.topology.wait_for_ports()
-            wait_for_consumer_group(bootstrap_servers=["127.0.0.1:9092"], group=self.names["group"], members=2)
+            wait_for_consumer_group(
+                bootstrap_servers=["127.0.0.1:9092"], group=self.names["group"], members=self.options.full_dispatchers
+            )
             self.topology.check_alive()
         except Exception:
             self.stop()

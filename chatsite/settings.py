@@ -284,7 +284,7 @@ if CHAT_MODE == "full":
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chatsite.channel_layer.OneTripRedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {

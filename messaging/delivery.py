@@ -33,6 +33,8 @@ from presence.registry import Connection
 logger = logging.getLogger(__name__)
 
 FANOUT_EVENT = "server.fanout"
+# How many fan-out events a chat server takes from its inbox at once.
+INBOX_BATCH = 64
 _UNSAFE_CHANNEL_CHARS = re.compile(r"[^a-zA-Z0-9\-_.]")
 
 # One delivery: a frame (already JSON text) and the devices it goes to.
@@ -126,7 +128,7 @@ async def _read_inbox(inbox: str) -> None:
     layer = _layer()
     while True:
         try:
-            event = await layer.receive(inbox)
+            events = await _receive_events(layer, inbox)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -134,9 +136,19 @@ async def _read_inbox(inbox: str) -> None:
             logger.exception("reading the inbox %s failed", inbox)
             await asyncio.sleep(settings.CHAT_DISPATCH_RETRY_SECONDS)
             continue
-        if event.get("type") != FANOUT_EVENT:
-            continue
-        await _fan_out(event["frames"])
+        for event in events:
+            if event.get("type") == FANOUT_EVENT:
+                await _fan_out(event["frames"])
+
+
+async def _receive_events(layer: BaseChannelLayer, inbox: str) -> list[dict[str, Any]]:
+    """What is queued in the inbox (at least one event): in one round trip on
+    layers that can (chatsite.channel_layer), one event at a time on the others."""
+    receive_batch = getattr(layer, "receive_batch", None)
+    if receive_batch is not None:
+        events: list[dict[str, Any]] = await receive_batch(inbox, INBOX_BATCH)
+        return events
+    return [await layer.receive(inbox)]
 
 
 async def _fan_out(frames: Frames) -> None:

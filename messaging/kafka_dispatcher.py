@@ -65,6 +65,9 @@ class KafkaDispatcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.CHAT_DISPATCH_BATCH_SIZE,
+            # Nothing reads kafka-python's client-side metrics; recording them
+            # costs CPU on every fetch.
+            metrics_enabled=False,
         )
 
     def _run(self) -> None:

@@ -10,12 +10,15 @@ from typing import TypedDict
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connection
 
 from chatsite.recent import Recent
 from messaging.backends import message_store
 from messaging.errors import ChatNotFound, NotMember
 from messaging.models import Chat, Membership
 from messaging.types import Message, MessagePayload
+
+_MEMBERSHIP_TABLE = Membership._meta.db_table
 
 # Unread counts stop at this; clients show "999+".
 UNREAD_COUNT_CAP = 999
@@ -52,9 +55,17 @@ def is_member(*, user_id: int, chat_id: int) -> bool:
 
 
 def chat_member_ids(chat_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Each chat's member ids. The dispatcher asks this for every batch, so it
+    is one SQL statement rather than a queryset (a third of the cost)."""
+    wanted = [int(chat_id) for chat_id in chat_ids]
     members: dict[int, list[int]] = defaultdict(list)
-    for chat_id, user_id in Membership.objects.filter(chat_id__in=list(chat_ids)).values_list("chat_id", "user_id"):
-        members[chat_id].append(user_id)
+    if not wanted:
+        return members
+    placeholders = ", ".join(["%s"] * len(wanted))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT chat_id, user_id FROM {_MEMBERSHIP_TABLE} WHERE chat_id IN ({placeholders})", wanted)
+        for chat_id, user_id in cursor.fetchall():
+            members[chat_id].append(user_id)
     return members
 
 

@@ -145,6 +145,32 @@ async def test_saving_a_message_binds_its_client_msg_id(store: CassandraMessageS
     assert await store.find_claim(sender_id=sender_id + 1, client_msg_id=sent.client_msg_id) is None
 
 
+async def test_a_large_mixed_batch_is_stored_whole_with_every_binding(store: CassandraMessageStore) -> None:
+    # Cut into many unlogged batches: 300 messages over three chats, some with
+    # bodies of 4,000 characters (more than a batch's byte budget on their own)
+    # and multi-byte text, from 50 senders.
+    chats = [new_chat_id() for _ in range(3)]
+    sender_base = new_chat_id()
+    messages = [
+        message(
+            chats[n % 3],
+            new_message_id(),
+            sender_id=sender_base + n % 50,
+            body=("é" * 4000) if n % 37 == 0 else f"body {n} " + "ü" * (n % 200),
+        )
+        for n in range(300)
+    ]
+    store.save_messages(messages)
+
+    for chat_id in chats:
+        mine = [m for m in messages if m.chat_id == chat_id]
+        assert store.history(chat_id=chat_id, limit=200) == mine[::-1]
+    for sent in messages[::7]:
+        assert await store.find_claim(sender_id=sent.sender_id, client_msg_id=sent.client_msg_id) == Claim(
+            message_id=sent.message_id, chat_id=sent.chat_id
+        )
+
+
 def test_row_lands_in_its_chat_and_bucket_partition() -> None:
     store = make_store(bucket_seconds=60)
     chat_id = new_chat_id()

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from channels.testing import HttpCommunicator
 from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 
@@ -137,3 +139,73 @@ async def test_with_the_caches_off_a_change_applies_to_the_next_request() -> Non
     assert (await _get(AsyncClient(), path, reader.token))[0] == 403
     await User.objects.filter(pk=reader.user.pk).aupdate(is_active=False)
     assert (await _get(AsyncClient(), path, reader.token))[0] == 401
+
+
+async def _through_asgi(
+    app: Any, path: str, *, token: str | None, method: str = "GET", host: str = "testserver"
+) -> tuple[int, dict[str, str], Any]:
+    headers = [(b"host", host.encode())]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    communicator = HttpCommunicator(app, method, path, headers=headers)
+    response = await communicator.get_response(timeout=10)
+    answer_headers = {bytes(k).decode().lower(): bytes(v).decode() for k, v in response["headers"]}
+    return response["status"], answer_headers, orjson.loads(response["body"]) if response["body"] else None
+
+
+async def test_the_fast_lane_answers_bearer_history_reads_exactly_as_django_does() -> None:
+    from chatsite.asgi import application
+
+    reader = await sync_to_async(_chat_with_history)()
+    outsider = await sync_to_async(User.objects.create_user)("carol", password="pw-carol-123456")
+    outsider_token = await sync_to_async(token_issue)(user=outsider)
+    newest = await sync_to_async(message_store().history)(chat_id=reader.chat_id, limit=1)
+    cases = [
+        (f"/api/chats/{reader.chat_id}/messages?limit=2", reader.token),
+        (f"/api/chats/{reader.chat_id}/messages?before={newest[0].message_id}", reader.token),
+        (f"/api/chats/{reader.chat_id}/messages?limit=0", reader.token),
+        (f"/api/chats/{reader.chat_id}/messages?after=not-an-id", reader.token),
+        (f"/api/chats/{reader.chat_id}/messages", "not-a-token"),
+        (f"/api/chats/{reader.chat_id}/messages", outsider_token),
+        ("/api/chats/999999/messages", reader.token),
+    ]
+    statuses = []
+    for path, token in cases:
+        status, headers, body = await _through_asgi(application, path, token=token)
+        django = await AsyncClient().get(path, headers={"Authorization": f"Bearer {token}"})
+        assert (status, body) == (django.status_code, django.json()), path
+        assert headers["content-type"] == "application/json"
+        for name in ("x-content-type-options", "x-frame-options", "referrer-policy", "cross-origin-opener-policy"):
+            assert headers[name] == django.headers[name], (path, name)
+        statuses.append(status)
+    assert statuses == [200, 200, 400, 400, 401, 403, 404]
+
+    status, _, body = await _through_asgi(
+        application, f"/api/chats/{reader.chat_id}/messages", token=reader.token, host="evil.example"
+    )
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+
+
+async def test_only_bearer_history_reads_take_the_fast_lane() -> None:
+    from chatsite.asgi import django_http
+    from chatsite.fast_lane import FastLane
+
+    reader = await sync_to_async(_chat_with_history)()
+    reached_django: list[str] = []
+
+    async def django_stand_in(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reached_django.append(f"{scope['method']} {scope['path']} {scope['query_string'].decode()}".strip())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    lane = FastLane(django_stand_in, handler=django_http)
+    path = f"/api/chats/{reader.chat_id}/messages"
+    status, _, body = await _through_asgi(lane, path + "?limit=1", token=reader.token)
+    assert status == 200 and [m["body"] for m in body["messages"]] == ["m2"]
+    assert reached_django == []
+
+    await _through_asgi(lane, path, token=None)  # the session cookie path
+    await _through_asgi(lane, path, token=reader.token, method="POST")
+    await _through_asgi(lane, "/api/chats", token=reader.token)
+    await _through_asgi(lane, path + "/", token=reader.token)
+    assert reached_django == [f"GET {path}", f"POST {path}", "GET /api/chats", f"GET {path}/"]

@@ -30,8 +30,10 @@ class MessageStore(Protocol):
 
     def save_messages(self, messages: Sequence[Message]) -> None:
         """Store messages and bind each one's (sender, client_msg_id) to it;
-        saving one that is already stored changes nothing. A message's binding
-        is written with or after the message, never before it."""
+        saving one that is already stored changes nothing. A binding may be
+        visible a moment before its message (the Cassandra store writes both
+        side by side), so whoever finds one looks the message up before
+        treating it as stored."""
 
     def get_message(self, *, chat_id: int, message_id: uuid.UUID) -> Message | None: ...
 

@@ -36,7 +36,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -45,7 +45,7 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import tuple_factory
+from cassandra.query import BatchStatement, BatchType, tuple_factory
 from django.conf import settings
 
 from chatsite.aio import run_blocking
@@ -64,6 +64,16 @@ _INT32_MAX = 2**31 - 1
 # Requests in flight per batch save; enough to hide round trips without
 # flooding a small node's native-transport queue.
 _SAVE_CONCURRENCY = 64
+# A dispatcher batch is written as unlogged batches, one request each instead
+# of one per row. Message rows are grouped by partition (chat and bucket): a
+# single-partition batch is one mutation on the replica. Bindings, one
+# partition each, go at most 10 to a batch, the count past which Cassandra
+# warns about batches spanning partitions (unlogged_batch_across_partitions_warn_threshold),
+# and no batch carries more than 4 KiB of values, under the 5 KiB at which it
+# warns about batch size (batch_size_warn_threshold); a larger message goes alone.
+_BATCH_MAX_ROWS = 100
+_BATCH_MAX_PARTITIONS = 10
+_BATCH_MAX_BYTES = 4096
 # How many (chat, bucket) pairs a process remembers as already recorded in
 # chat_buckets; a bucket is ten days by default, so this covers every active chat.
 _KNOWN_BUCKETS_MAX = 100_000
@@ -240,6 +250,49 @@ def _to_message(row: Sequence[Any]) -> Message:
         body=body,
         client_msg_id=client_msg_id,
     )
+
+
+def _message_row_bytes(row: tuple[Any, ...]) -> int:
+    # sender, body and client_msg_id as UTF-8 plus the fixed-size columns.
+    return len(row[4].encode()) + len(row[5].encode()) + len(row[6].encode()) + 48
+
+
+def _claim_row_bytes(row: tuple[Any, ...]) -> int:
+    return len(row[1].encode()) + 40
+
+
+def _chunks(
+    rows: Sequence[tuple[Any, ...]], *, max_rows: int, row_bytes: Callable[[tuple[Any, ...]], int]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows in order, cut wherever a chunk would pass max_rows or _BATCH_MAX_BYTES."""
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for row in rows:
+        row_size = row_bytes(row)
+        if chunk and (len(chunk) >= max_rows or size + row_size > _BATCH_MAX_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
+
+
+def _as_request(statement: Any, rows: Sequence[tuple[Any, ...]]) -> Any:
+    """One request for these rows: the bound statement itself, or an unlogged batch."""
+    if len(rows) == 1:
+        return statement.bind(rows[0])
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    for row in rows:
+        batch.add(statement, row)
+    return batch
+
+
+def _execute_all(session: Any, requests: Sequence[Any]) -> None:
+    """Send every request at once, then wait for all; the first failure is raised."""
+    futures = [session.execute_async(request) for request in requests]
+    for future in futures:
+        future.result()
 
 
 class CassandraMessageStore:
@@ -424,9 +477,6 @@ class CassandraMessageStore:
             " (chat_id, bucket, message_id, sender_id, sender, body, client_msg_id)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        execute_concurrent_with_args(session, insert_message, rows, concurrency=_SAVE_CONCURRENCY)
-        # Bindings after their messages: a binding the gateway finds means the
-        # message is stored, so a retry is acked without a second publish.
         insert_claim = self._prepare(
             f"INSERT INTO {ks}.client_message_claims (sender_id, client_msg_id, message_id, chat_id)"
             " VALUES (?, ?, ?, ?)"
@@ -436,7 +486,26 @@ class CassandraMessageStore:
             for message in messages
             if message.client_msg_id
         ]
-        execute_concurrent_with_args(session, insert_claim, claims, concurrency=_SAVE_CONCURRENCY)
+        by_partition: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+        for row in rows:
+            by_partition.setdefault((row[0], row[1]), []).append(row)
+        # Messages and their bindings are written side by side. A binding
+        # found before its message is harmless: the gateway then looks the
+        # message up, and publishes the retry again if it is not stored yet.
+        _execute_all(
+            session,
+            [
+                *(
+                    _as_request(insert_message, chunk)
+                    for partition_rows in by_partition.values()
+                    for chunk in _chunks(partition_rows, max_rows=_BATCH_MAX_ROWS, row_bytes=_message_row_bytes)
+                ),
+                *(
+                    _as_request(insert_claim, chunk)
+                    for chunk in _chunks(claims, max_rows=_BATCH_MAX_PARTITIONS, row_bytes=_claim_row_bytes)
+                ),
+            ],
+        )
 
     def _storable_bucket(self, message_id: uuid.UUID) -> int:
         bucket = self.bucket(message_id)
