@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -390,6 +391,33 @@ class CassandraMessageStore:
         )
         session = self.session
         produced = 0
+
+        def read(bucket: int) -> Any:
+            params: list[Any] = [chat_id, bucket]
+            if lower is not None:
+                params.append(lower)
+            if upper is not None:
+                params.append(upper)
+            if limit is not None:
+                params.append(limit - produced)
+            bound = statement.bind(params)
+            if fetch_size is not None:
+                bound.fetch_size = fetch_size
+            return session.execute_async(bound)
+
+        # Guess the first listed bucket and read it while the bucket list is
+        # fetched (one round trip per page instead of two): the bucket of the
+        # bound the walk starts from (it holds that message), or for the
+        # newest page the current bucket (an active chat wrote there). A wrong
+        # guess costs one short read.
+        start = upper if not ascending else lower
+        if start is not None:
+            guess: int | None = _clamp_bucket(self.bucket(start))
+        elif not ascending:
+            guess = int(time.time()) // self.config.bucket_seconds
+        else:
+            guess = None
+        guessed = read(guess) if guess is not None else None
         width = 1
         while True:
             group = list(islice(buckets, width))
@@ -397,17 +425,11 @@ class CassandraMessageStore:
                 return
             futures = []
             for bucket in group:
-                params: list[Any] = [chat_id, bucket]
-                if lower is not None:
-                    params.append(lower)
-                if upper is not None:
-                    params.append(upper)
-                if limit is not None:
-                    params.append(limit - produced)
-                bound = statement.bind(params)
-                if fetch_size is not None:
-                    bound.fetch_size = fetch_size
-                futures.append(session.execute_async(bound))
+                if guessed is not None and bucket == guess:
+                    futures.append(guessed)
+                else:
+                    futures.append(read(bucket))
+                guessed = None
             for future in futures:
                 for row in future.result():
                     if limit is not None and produced >= limit:
