@@ -2,13 +2,13 @@
 
 Under ASGI, Django runs the middleware chain (sessions, CSRF, messages, ...)
 on a thread made for each request and hops back to the event loop for an
-async view: a thread start and four hops per request, about half of what a
-history page cost on the embedded default. A history page asked with a bearer
-token needs none of those middlewares (no cookie, no session, no form), so
-this ASGI wrapper hands such requests straight to the same async view, with
-the same request object, validation, authentication, error mapping and
-response headers. Everything else (other paths and methods, and requests
-authenticated by the session cookie) goes through Django as before.
+async view: a thread start and several hops per request, about a third of
+what a history page cost on the embedded default. A history page asked with
+a bearer token needs none of those middlewares (no cookie, no session, no
+form), so this ASGI wrapper hands such requests straight to the same async
+view, with the same request object, validation, authentication, error
+mapping and response headers. Everything else (other paths and methods, and
+requests authenticated by the session cookie) goes through Django as before.
 """
 
 from __future__ import annotations
