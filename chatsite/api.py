@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 
 
+def scope_header(scope: dict[str, Any], name: bytes) -> str | None:
+    """A request header from an ASGI scope (``name`` in lower case), or None."""
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin1")
+    return None
+
+
 def json_response(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
 

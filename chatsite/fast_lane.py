@@ -19,13 +19,14 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.http import HttpRequest, HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
 
 from accounts.selectors import bearer_token
-from chatsite.api import error_response
+from chatsite.api import error_response, scope_header
 from messaging.views import api_chat_messages
 
 logger = logging.getLogger(__name__)
@@ -39,17 +40,10 @@ FAST_ROUTES: list[tuple[re.Pattern[str], AsyncView]] = [
 ]
 
 
-def _authorization(scope: dict[str, Any]) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            return bytes(value).decode("latin1")
-    return None
-
-
 def _route(scope: dict[str, Any]) -> tuple[AsyncView, dict[str, int]] | None:
     if scope["type"] != "http" or scope.get("method") != "GET":
         return None
-    if bearer_token(_authorization(scope)) is None:
+    if bearer_token(scope_header(scope, b"authorization")) is None:
         return None
     for pattern, view in FAST_ROUTES:
         match = pattern.fullmatch(scope.get("path", ""))
@@ -58,23 +52,8 @@ def _route(scope: dict[str, Any]) -> tuple[AsyncView, dict[str, int]] | None:
     return None
 
 
-def _security_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    """What SecurityMiddleware and XFrameOptionsMiddleware add, from the same settings."""
-    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if settings.SECURE_REFERRER_POLICY:
-        response.headers.setdefault("Referrer-Policy", settings.SECURE_REFERRER_POLICY)
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        response.headers.setdefault("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY)
-    if settings.SECURE_HSTS_SECONDS and request.is_secure():
-        value = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            value += "; includeSubDomains"
-        if settings.SECURE_HSTS_PRELOAD:
-            value += "; preload"
-        response.headers.setdefault("Strict-Transport-Security", value)
-    response.headers.setdefault("X-Frame-Options", getattr(settings, "X_FRAME_OPTIONS", "DENY").upper())
-    return response
+def _not_called(request: HttpRequest) -> HttpResponse:
+    raise AssertionError("the fast lane calls only the security middlewares' hooks")
 
 
 async def _drain_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bool:
@@ -94,6 +73,10 @@ class FastLane:
     def __init__(self, django_app: Any, handler: ASGIHandler) -> None:
         self.django_app = django_app
         self.handler = handler
+        # Django's own security middlewares, run through their hooks in the
+        # order of the chain: HTTPS redirect, then the same response headers.
+        self.security = SecurityMiddleware(_not_called)
+        self.frame_options = XFrameOptionsMiddleware(_not_called)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         routed = _route(scope)
@@ -106,10 +89,13 @@ class FastLane:
         request = ASGIRequest(scope, io.BytesIO())
         try:
             request.get_host()
-            response = await view(request, **kwargs)
+            redirect = self.security.process_request(request)
+            response = redirect if redirect is not None else await view(request, **kwargs)
         except DisallowedHost:
             response = error_response("bad_request", "this host is not served here", 400)
         except Exception:
             logger.exception("API request GET %s failed", scope.get("path"))
             response = error_response("internal_error", "the server failed to handle this request", 500)
-        await self.handler.send_response(_security_headers(request, response), send)
+        response = self.frame_options.process_response(request, response)
+        response = self.security.process_response(request, response)
+        await self.handler.send_response(response, send)

@@ -17,13 +17,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 
 from accounts.selectors import auser_for_token, bearer_token
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return bytes(value).decode("latin1")
-    return None
+from chatsite.api import scope_header
 
 
 def _origin_allowed(origin: str | None) -> bool:
@@ -39,11 +33,11 @@ class TokenOrSessionAuthMiddleware:
         self.session_auth = CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        token = bearer_token(_header(scope, b"authorization"))
+        token = bearer_token(scope_header(scope, b"authorization"))
         if token is not None:
             user = await auser_for_token(token)
             scope = dict(scope, user=user or AnonymousUser())
             return await self.inner(scope, receive, send)
-        if not _origin_allowed(_header(scope, b"origin")):
+        if not _origin_allowed(scope_header(scope, b"origin")):
             return await self.inner(dict(scope, user=AnonymousUser()), receive, send)
         return await self.session_auth(scope, receive, send)

@@ -62,8 +62,9 @@ _TICKS_PER_SECOND = 10_000_000
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
 
-# Requests in flight per batch save; enough to hide round trips without
-# flooding a small node's native-transport queue.
+# Requests in flight for the statements run side by side outside the batches
+# (new chat buckets, newest-message reads): enough to hide round trips
+# without flooding a small node's native-transport queue.
 _SAVE_CONCURRENCY = 64
 # A dispatcher batch is written as unlogged batches, one request each instead
 # of one per row. Message rows are grouped by partition (chat and bucket): a
