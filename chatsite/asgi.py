@@ -12,6 +12,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path  # noqa: E402
 
 from chatsite.fast_lane import FastLane  # noqa: E402
+from chatsite.gc_tuning import tune_for_serving  # noqa: E402
 from chatsite.ws_auth import TokenOrSessionAuthMiddleware  # noqa: E402
 from messaging.consumers import ChatConsumer  # noqa: E402
 
@@ -25,3 +26,6 @@ application = ProtocolTypeRouter(
         "websocket": TokenOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Start-up is done: what it made lives as long as the process.
+tune_for_serving()

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import worker_ready
 from click import Option
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
@@ -45,3 +46,12 @@ class KafkaDispatcherStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(KafkaDispatcherStep)
+
+
+def _tune_gc_once_ready(**kwargs: Any) -> None:
+    from chatsite.gc_tuning import tune_for_serving
+
+    tune_for_serving()
+
+
+worker_ready.connect(_tune_gc_once_ready)

@@ -260,6 +260,35 @@ def test_history_walks_buckets_with_gaps() -> None:
     assert store.get_message(chat_id=chat_id, message_id=far_future) is None
 
 
+def test_a_page_its_bounds_bucket_fills_takes_one_request() -> None:
+    store = make_store(bucket_seconds=60)
+    chat_id = new_chat_id()
+    early = [message(chat_id, at(BASE_UNIX + second)) for second in range(10)]
+    late = [message(chat_id, at(BASE_UNIX + 300 + second)) for second in range(10)]
+    store.save_messages(early + late)
+    requests: list[Any] = []
+
+    def record(future: Any) -> None:
+        requests.append(future.query)
+
+    store.session.add_request_init_listener(record)
+    try:
+        # Scrolling up or catching up deep inside a busy bucket: that bucket
+        # alone answers, without listing the chat's buckets.
+        assert store.history(chat_id=chat_id, limit=5, before=late[-1].message_id) == late[-2:-7:-1]
+        assert len(requests) == 1
+        requests.clear()
+        assert store.history(chat_id=chat_id, limit=5, after=early[0].message_id) == early[5:0:-1]
+        assert len(requests) == 1
+        requests.clear()
+        # When the bound's bucket runs out, the walk lists the buckets past it and goes on.
+        assert store.history(chat_id=chat_id, limit=15, before=late[-1].message_id) == (early + late[:-1])[::-1][:15]
+        assert store.history(chat_id=chat_id, limit=15, after=early[0].message_id) == (early[1:] + late)[:15][::-1]
+        assert len(requests) > 2
+    finally:
+        store.session.remove_request_init_listener(record)
+
+
 def test_history_skips_years_of_empty_buckets_quickly() -> None:
     # One-second buckets: 25 years apart is ~790 million empty buckets.
     store = make_store(bucket_seconds=1)

@@ -99,6 +99,7 @@ class CassandraConfig:
     local_dc: str
     consistency: str
     auto_schema: bool
+    protocol_version: int
 
     @classmethod
     def from_settings(cls, *, keyspace: str | None = None, bucket_seconds: int | None = None) -> CassandraConfig:
@@ -117,6 +118,7 @@ class CassandraConfig:
             local_dc=str(getattr(settings, "CHAT_CASSANDRA_LOCAL_DC", "")),
             consistency=str(getattr(settings, "CHAT_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")),
             auto_schema=bool(getattr(settings, "CHAT_CASSANDRA_AUTO_SCHEMA", True)),
+            protocol_version=int(getattr(settings, "CHAT_CASSANDRA_PROTOCOL_VERSION", 4)),
         )
         # The keyspace is spliced into CQL text, so it must be a plain identifier.
         if not _KEYSPACE_NAME.match(config.keyspace):
@@ -127,6 +129,8 @@ class CassandraConfig:
             raise ValueError("CHAT_CASSANDRA_BUCKET_SECONDS must be positive")
         if config.consistency not in ConsistencyLevel.name_to_value:
             raise ValueError(f"CHAT_CASSANDRA_CONSISTENCY is not a consistency level: {config.consistency!r}")
+        if config.protocol_version not in (4, 5):
+            raise ValueError(f"CHAT_CASSANDRA_PROTOCOL_VERSION must be 4 or 5, got {config.protocol_version}")
         return config
 
 
@@ -144,13 +148,13 @@ def _clamp_bucket(bucket: int) -> int:
 # --- connection ----------------------------------------------------------------
 
 _sessions_lock = threading.Lock()
-# (hosts, port, local_dc, consistency) -> (pid that made it, cluster, session)
-_sessions: dict[tuple[tuple[str, ...], int, str, str], tuple[int, Any, Any]] = {}
+# (hosts, port, local_dc, consistency, protocol) -> (pid that made it, cluster, session)
+_sessions: dict[tuple[tuple[str, ...], int, str, str, int], tuple[int, Any, Any]] = {}
 _schema_ready: set[tuple[int, str]] = set()
 
 
 def _session_for(config: CassandraConfig) -> Any:
-    key = (config.hosts, config.port, config.local_dc, config.consistency)
+    key = (config.hosts, config.port, config.local_dc, config.consistency, config.protocol_version)
     with _sessions_lock:
         entry = _sessions.get(key)
         # The driver's I/O threads do not survive fork(): a forked worker must
@@ -162,6 +166,7 @@ def _session_for(config: CassandraConfig) -> Any:
         cluster = Cluster(
             contact_points=list(config.hosts),
             port=config.port,
+            protocol_version=config.protocol_version,
             connect_timeout=5,
             execution_profiles={
                 EXEC_PROFILE_DEFAULT: ExecutionProfile(
@@ -382,14 +387,6 @@ class CassandraMessageStore:
         order = " ORDER BY message_id ASC" if ascending else ""
         limit_clause = " LIMIT ?" if limit is not None else ""
         statement = self._prepare(f"SELECT {columns} FROM {ks}.messages_by_chat WHERE {where}{order}{limit_clause}")
-        # Every message after `lower` has a timestamp >= lower's, so its bucket
-        # is >= lower's bucket (and likewise below `upper`).
-        buckets = self._bucket_range(
-            chat_id,
-            low=self.bucket(lower) if lower is not None else None,
-            high=self.bucket(upper) if upper is not None else None,
-            ascending=ascending,
-        )
         session = self.session
         produced = 0
 
@@ -406,18 +403,40 @@ class CassandraMessageStore:
                 bound.fetch_size = fetch_size
             return session.execute_async(bound)
 
-        # Guess the first listed bucket and read it while the bucket list is
-        # fetched (one round trip per page instead of two): the bucket of the
-        # bound the walk starts from (it holds that message), or for the
-        # newest page the current bucket (an active chat wrote there). A wrong
-        # guess costs one short read.
-        start = upper if not ascending else lower
+        # Every message after `lower` has a timestamp >= lower's, so its bucket
+        # is >= lower's bucket (and likewise below `upper`).
+        low = self.bucket(lower) if lower is not None else None
+        high = self.bucket(upper) if upper is not None else None
+        start = high if not ascending else low
         if start is not None:
-            guess: int | None = _clamp_bucket(self.bucket(start))
+            # A walk from a bound starts in the bound's own bucket, and nothing
+            # in walk order can be in a bucket before it: read that bucket
+            # alone, and list the chat's buckets only if it does not fill the
+            # page (deep in a busy chat it almost always does: one round trip).
+            first = _clamp_bucket(start)
+            for row in read(first).result():
+                if limit is not None and produced >= limit:
+                    return
+                produced += 1
+                yield row
+            if limit is not None and produced >= limit:
+                return
+            if ascending:
+                low = first + 1
+            else:
+                high = first - 1
+            if low is not None and high is not None and low > high:
+                return
+            guess: int | None = None
         elif not ascending:
+            # The newest page: guess the current bucket (an active chat wrote
+            # there) and read it while the bucket list is fetched, which also
+            # finds any newer bucket (a clock ahead of ours). A wrong guess
+            # costs one short read.
             guess = int(time.time()) // self.config.bucket_seconds
         else:
             guess = None
+        buckets = self._bucket_range(chat_id, low=low, high=high, ascending=ascending)
         guessed = read(guess) if guess is not None else None
         width = 1
         while True:
