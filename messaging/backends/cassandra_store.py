@@ -403,6 +403,18 @@ class CassandraMessageStore:
                 bound.fetch_size = fetch_size
             return session.execute_async(bound)
 
+        def page_full() -> bool:
+            return limit is not None and produced >= limit
+
+        def rows_of(futures: Sequence[Any]) -> Iterator[Sequence[Any]]:
+            nonlocal produced
+            for future in futures:
+                for row in future.result():
+                    if page_full():
+                        return
+                    produced += 1
+                    yield row
+
         # Every message after `lower` has a timestamp >= lower's, so its bucket
         # is >= lower's bucket (and likewise below `upper`).
         low = self.bucket(lower) if lower is not None else None
@@ -414,12 +426,8 @@ class CassandraMessageStore:
             # alone, and list the chat's buckets only if it does not fill the
             # page (deep in a busy chat it almost always does: one round trip).
             first = _clamp_bucket(start)
-            for row in read(first).result():
-                if limit is not None and produced >= limit:
-                    return
-                produced += 1
-                yield row
-            if limit is not None and produced >= limit:
+            yield from rows_of([read(first)])
+            if page_full():
                 return
             if ascending:
                 low = first + 1
@@ -450,12 +458,9 @@ class CassandraMessageStore:
                 else:
                     futures.append(read(bucket))
                 guessed = None
-            for future in futures:
-                for row in future.result():
-                    if limit is not None and produced >= limit:
-                        return
-                    produced += 1
-                    yield row
+            yield from rows_of(futures)
+            if page_full():
+                return
             # The first bucket usually fills the page; when it does not, the
             # chat is sparse, so read the next buckets in parallel rather than
             # pay one round trip each (a few rows over-read at most).
