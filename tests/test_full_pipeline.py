@@ -226,6 +226,14 @@ def test_history_walks_across_bucket_boundaries(full_stack: FullStack, full_api:
     assert forward == sent[1:]
 
 
+def test_the_kafka_client_checksums_record_batches_in_c() -> None:
+    # kafka-python falls back to pure Python (about 200 times slower) when
+    # the crc32c package is missing: requirements.txt must install it.
+    from kafka.record import util
+
+    assert util.crc32c_c is not None
+
+
 def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: FullStack) -> None:
     from celery import Celery
 
