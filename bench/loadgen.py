@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import random
 import time
@@ -591,6 +592,10 @@ def worker_main(
 ) -> None:
     raise_nofile_limit()
     _use_uvloop()
+    # The same collector settings as the servers (chatsite/gc_tuning.py): a
+    # worker's collection pauses would count in every target's latency.
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     try:
         asyncio.run(_worker_async(conn, index, clients, readers, settings))
     except Exception as exc:

@@ -232,6 +232,9 @@ CHAT_SERVER_TTL_SECONDS = env_float("CHAT_SERVER_TTL_SECONDS", 15.0)
 CHAT_SERVER_HEARTBEAT_SECONDS = env_float("CHAT_SERVER_HEARTBEAT_SECONDS", 5.0)
 # Wait before a dispatcher retries a failed batch.
 CHAT_DISPATCH_RETRY_SECONDS = env_float("CHAT_DISPATCH_RETRY_SECONDS", 1.0)
+# Dispatchers commit Kafka offsets at most this often (and when idle); 0 commits
+# after every batch. A crashed dispatcher's successor replays up to this much.
+CHAT_DISPATCH_COMMIT_INTERVAL_SECONDS = env_float("CHAT_DISPATCH_COMMIT_INTERVAL_SECONDS", 1.0)
 CHAT_CHANNEL_CAPACITY = env_int("CHAT_CHANNEL_CAPACITY", 1000)
 
 # Real engines (CHAT_MODE=full).

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 # 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH_OFFSET = 0x01B21DD213814000
@@ -52,6 +53,20 @@ def timeuuid_for_time(moment: datetime) -> uuid.UUID:
 
 def message_id_time(message_id: uuid.UUID) -> datetime:
     return _UUID_EPOCH + timedelta(microseconds=message_id.time // 10)
+
+
+def message_id_isoformat(message_id: uuid.UUID) -> str:
+    """``message_id_time`` as ISO 8601 UTC, microseconds and a "Z": the
+    ``sent_at`` of every message payload. A history page formats fifty of
+    them, and going through datetime cost about 8 us each. (A timeuuid's time
+    lies between 1582 and 5236, so the year always has four digits.)"""
+    seconds, micros = divmod((message_id.time - _UUID_EPOCH_OFFSET) // 10, 1_000_000)
+    return f"{_utc_second(seconds)}.{micros:06d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def message_sort_key(message_id: uuid.UUID) -> str:

@@ -5,10 +5,15 @@ At-least-once underneath: offsets are committed only after a batch is stored
 and delivered. If the worker dies mid-batch, the group rebalances and another
 dispatcher replays the batch; the store's upsert by message_id keeps one copy.
 
-The commit is sent without waiting for the broker's answer (the next poll
-carries it), so a batch does not wait behind the previous batch's commit. A
-commit that fails or is lost only means the batch may be replayed, as above;
-stopping commits synchronously.
+Offsets are committed at most once per ``CHAT_DISPATCH_COMMIT_INTERVAL_SECONDS``
+(and when the partitions fall idle), not after every batch: below saturation
+a batch is usually one message, and a commit per batch was one more Kafka
+request per message. The price is a longer replay after a crash, at most that
+interval's batches. Partitions the group takes away, and a stopping
+dispatcher, commit what was finished first and wait for the answer, so a
+rebalance replays nothing. A commit is sent without waiting for the broker's
+answer (the next poll carries it); one that fails or is lost only means its
+batches may be replayed, as above.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import orjson
 from django.conf import settings
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from messaging.dispatcher import dispatch_messages
@@ -37,6 +43,10 @@ class KafkaDispatcher:
         self.messages = 0
         self.failures = 0
         self.assigned: list[str] = []
+        self.commits = 0
+        # Batches delivered since the last commit, and when that commit went out.
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kafka-dispatcher", daemon=True)
@@ -53,12 +63,12 @@ class KafkaDispatcher:
             "batches": self.batches,
             "messages": self.messages,
             "failures": self.failures,
+            "commits": self.commits,
             "assigned": self.assigned,
         }
 
     def _consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(
-            settings.CHAT_KAFKA_TOPIC,
+        consumer = KafkaConsumer(
             bootstrap_servers=settings.CHAT_KAFKA_BOOTSTRAP_SERVERS,
             group_id=settings.CHAT_KAFKA_GROUP,
             client_id=f"dispatcher-{settings.CHAT_SERVER_ID}",
@@ -69,6 +79,8 @@ class KafkaDispatcher:
             # costs CPU on every fetch.
             metrics_enabled=False,
         )
+        consumer.subscribe([settings.CHAT_KAFKA_TOPIC], listener=_CommitOnRevoke(self, consumer))
+        return consumer
 
     def _run(self) -> None:
         # One event loop for this thread's whole life: the channel layer and
@@ -87,6 +99,8 @@ class KafkaDispatcher:
                     if consumer is not None:
                         consumer.close(autocommit=False)
                         consumer = None
+                    # Whoever reads those partitions next replays the uncommitted batches.
+                    self._uncommitted = 0
                     self._stop.wait(settings.CHAT_DISPATCH_RETRY_SECONDS)
         finally:
             if consumer is not None:
@@ -96,11 +110,31 @@ class KafkaDispatcher:
 
     def _commit_before_close(self, consumer: KafkaConsumer) -> None:
         """Every batch the loop finished is delivered: commit them and wait."""
+        self.commit_finished(consumer, why="stop")
+
+    def commit_finished(self, consumer: KafkaConsumer, *, why: str) -> None:
+        """Commit every finished batch and wait for the broker's answer."""
+        if not self._uncommitted:
+            return
         try:
             consumer.commit()
         except Exception:
             # Not committed: the next owner of the partitions replays them.
-            logger.warning("committing on stop failed", exc_info=True)
+            logger.warning("committing on %s failed", why, exc_info=True)
+        else:
+            self._mark_committed()
+
+    def _mark_committed(self) -> None:
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
+        self.commits += 1
+
+    def _commit_if_due(self, consumer: KafkaConsumer, *, idle: bool) -> None:
+        if not self._uncommitted:
+            return
+        if idle or time.monotonic() - self._last_commit >= settings.CHAT_DISPATCH_COMMIT_INTERVAL_SECONDS:
+            consumer.commit_async(callback=self._committed)
+            self._mark_committed()
 
     def _committed(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):
@@ -112,6 +146,7 @@ class KafkaDispatcher:
         )
         self.assigned = sorted(f"{tp.topic}-{tp.partition}" for tp in consumer.assignment())
         if not polled:
+            self._commit_if_due(consumer, idle=True)
             return
         messages = []
         for partition_records in polled.values():
@@ -128,6 +163,22 @@ class KafkaDispatcher:
             for partition, partition_records in polled.items():
                 consumer.seek(partition, partition_records[0].offset)
             raise
-        consumer.commit_async(callback=self._committed)
+        self._uncommitted += 1
         self.batches += 1
         self.messages += len(messages)
+        self._commit_if_due(consumer, idle=False)
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    """Partitions leaving this dispatcher carry their finished batches' offsets
+    with them, so their next owner starts where this one stopped."""
+
+    def __init__(self, dispatcher: KafkaDispatcher, consumer: KafkaConsumer) -> None:
+        self._dispatcher = dispatcher
+        self._consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._dispatcher.commit_finished(self._consumer, why="rebalance")
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NotRequired, TypedDict
 
-from messaging.ids import message_id_time
+from messaging.ids import message_id_isoformat, message_id_time
 
 
 class MessagePayload(TypedDict):
@@ -89,7 +89,7 @@ class Message:
             "sender": self.sender,
             "body": self.body,
             "client_msg_id": self.client_msg_id,
-            "sent_at": isoformat_utc(self.sent_at),
+            "sent_at": message_id_isoformat(self.message_id),
         }
 
     def to_frame(self) -> MessageFrame:

@@ -126,6 +126,19 @@ def full_stack() -> Iterator[FullStack]:
     finally:
         topology.stop()
         drop_cassandra_keyspace(env["CHAT_CASSANDRA_KEYSPACE"])
+        drop_kafka_topic_and_group(env["CHAT_KAFKA_TOPIC"], env["CHAT_KAFKA_GROUP"])
+
+
+def drop_kafka_topic_and_group(topic: str, group: str) -> None:
+    """A run's topic and consumer group would otherwise stay on the shared broker."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=["127.0.0.1:9092"])
+    try:
+        admin.delete_topics([topic], timeout_ms=30000)
+        admin.delete_groups([group])
+    finally:
+        admin.close()
 
 
 def drop_cassandra_keyspace(keyspace: str) -> None:

@@ -171,6 +171,38 @@ async def test_a_large_mixed_batch_is_stored_whole_with_every_binding(store: Cas
         )
 
 
+async def test_a_small_dispatch_is_one_request_with_its_bindings(store: CassandraMessageStore) -> None:
+    requests: list[Any] = []
+
+    def record(future: Any) -> None:
+        requests.append(future.query)
+
+    chat_id, sender_base = new_chat_id(), new_chat_id()
+    alone = [message(chat_id, new_message_id(), sender_id=sender_base)]
+    # One message partition and six binding partitions: under the ten a batch may span.
+    several = [message(chat_id, new_message_id(), sender_id=sender_base + n) for n in range(6)]
+    # Eleven partitions: past that limit, so cut into several requests.
+    many = [message(chat_id, new_message_id(), sender_id=sender_base + n) for n in range(10)]
+    store.save_messages([message(chat_id, new_message_id())])  # the chat's bucket is recorded
+    store.session.add_request_init_listener(record)
+    try:
+        store.save_messages(alone)
+        assert len(requests) == 1
+        requests.clear()
+        store.save_messages(several)
+        assert len(requests) == 1
+        requests.clear()
+        store.save_messages(many)
+        assert len(requests) > 1
+    finally:
+        store.session.remove_request_init_listener(record)
+    for sent in alone + several + many:
+        assert store.get_message(chat_id=chat_id, message_id=sent.message_id) == sent
+        assert await store.find_claim(sender_id=sent.sender_id, client_msg_id=sent.client_msg_id) == Claim(
+            message_id=sent.message_id, chat_id=chat_id
+        )
+
+
 def test_row_lands_in_its_chat_and_bucket_partition() -> None:
     store = make_store(bucket_seconds=60)
     chat_id = new_chat_id()

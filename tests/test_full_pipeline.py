@@ -234,6 +234,55 @@ def test_the_kafka_client_checksums_record_batches_in_c() -> None:
     assert util.crc32c_c is not None
 
 
+def dispatcher_stats(full_stack: FullStack) -> dict[str, dict[str, Any]]:
+    from celery import Celery
+
+    app = Celery(broker=full_stack.env["CELERY_BROKER_URL"])
+    stats = app.control.inspect(timeout=5).stats() or {}
+    return {name: info["kafka_dispatcher"] for name, info in stats.items() if name.startswith("dispatcher")}
+
+
+def test_dispatchers_commit_on_an_interval_and_once_idle(full_stack: FullStack, full_api: ApiClient) -> None:
+    from kafka import KafkaAdminClient, TopicPartition
+
+    topic, group = full_stack.env["CHAT_KAFKA_TOPIC"], full_stack.env["CHAT_KAFKA_GROUP"]
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    before = dispatcher_stats(full_stack)
+    with socket_on(alice, full_stack.ports[0]) as alice_ws, socket_on(bob, full_stack.ports[1]) as bob_ws:
+        sent = []
+        for n in range(30):
+            sent.append(alice_ws.send_message(chat_id, f"spaced {n}"))
+            time.sleep(0.05)
+        acked = [alice_ws.expect("ack", client_msg_id=client_msg_id)["message_id"] for client_msg_id in sent]
+        for message_id in acked:
+            bob_ws.expect("message", message_id=message_id)
+    after = dispatcher_stats(full_stack)
+    batches = sum(after[name]["batches"] - before[name]["batches"] for name in after)
+    commits = sum(after[name]["commits"] - before[name]["commits"] for name in after)
+    # Messages 50 ms apart come one or two to a batch; commits go at most once a second per dispatcher.
+    assert batches >= 10
+    assert 1 <= commits < batches
+
+    # With nothing more to read, the group's committed offsets reach the end of every partition.
+    admin = KafkaAdminClient(bootstrap_servers=["127.0.0.1:9092"])
+    consumer = KafkaConsumer(bootstrap_servers=["127.0.0.1:9092"])
+    try:
+        partitions = [TopicPartition(topic, n) for n in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(partitions)
+
+        def all_committed() -> bool:
+            committed = admin.list_group_offsets(group)[group]
+            return all(
+                committed.get(tp) is not None and committed[tp].offset >= ends[tp] for tp in partitions if ends[tp]
+            )
+
+        assert eventually(lambda: all_committed() or None, timeout=10)
+    finally:
+        consumer.close()
+        admin.close()
+
+
 def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: FullStack) -> None:
     from celery import Celery
 

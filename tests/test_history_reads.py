@@ -4,8 +4,10 @@ remembered tokens and memberships may outlive a change."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,7 +21,7 @@ from accounts.models import ApiToken
 from accounts.selectors import tokens_forget
 from accounts.services import token_issue
 from messaging.backends import message_store
-from messaging.ids import new_message_id
+from messaging.ids import message_id_isoformat, new_message_id, timeuuid_for_time, timeuuid_from_parts
 from messaging.models import Membership
 from messaging.selectors import readers_forget
 from messaging.services import chat_create_group
@@ -209,3 +211,44 @@ async def test_only_bearer_history_reads_take_the_fast_lane() -> None:
     await _through_asgi(lane, "/api/chats", token=reader.token)
     await _through_asgi(lane, path + "/", token=reader.token)
     assert reached_django == [f"GET {path}", f"POST {path}", "GET /api/chats", f"GET {path}/"]
+
+
+def _expected_sent_at(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def test_sent_at_is_the_message_ids_time_to_the_microsecond_in_utc() -> None:
+    reader = await sync_to_async(_chat_with_history)(0)
+    moments = [
+        datetime(2026, 11, 28, 0, 0, 0, 0, tzinfo=UTC),  # a whole second: still six digits
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 2, 28, 12, 30, 1, 5, tzinfo=UTC),
+    ]
+    stored = [
+        Message(
+            message_id=timeuuid_from_parts(timeuuid_for_time(moment).time + 7, 1, 2),  # 700 ns past: truncated
+            chat_id=reader.chat_id,
+            sender_id=reader.user.pk,
+            sender=reader.user.username,
+            body=f"at {moment}",
+            client_msg_id=f"t{n}",
+        )
+        for n, moment in enumerate(moments)
+    ]
+    await sync_to_async(message_store().save_messages)(stored)
+    status, body = await _get(AsyncClient(), f"/api/chats/{reader.chat_id}/messages?limit=10", reader.token)
+    assert status == 200
+    assert {m["body"]: m["sent_at"] for m in body["messages"]} == {
+        f"at {moment}": _expected_sent_at(moment) for moment in moments
+    }
+
+
+def test_the_fast_sent_at_matches_datetime_formatting_across_the_calendar() -> None:
+    picker = random.Random(20261128)
+    for _ in range(20_000):
+        # Anywhere from 1583 to 5138 (a timeuuid ends in 5236), a whole second now and then.
+        seconds = picker.randrange(-12_000_000_000, 100_000_000_000)
+        micros = 0 if picker.random() < 0.1 else picker.randrange(1_000_000)
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micros)
+        message_id = timeuuid_from_parts(timeuuid_for_time(moment).time + picker.randrange(10), 0, 0)
+        assert message_id_isoformat(message_id) == _expected_sent_at(moment)

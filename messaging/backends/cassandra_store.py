@@ -73,6 +73,7 @@ _SAVE_CONCURRENCY = 64
 # warns about batches spanning partitions (unlogged_batch_across_partitions_warn_threshold),
 # and no batch carries more than 4 KiB of values, under the 5 KiB at which it
 # warns about batch size (batch_size_warn_threshold); a larger message goes alone.
+# A dispatch within both limits goes as one batch, messages and bindings together.
 _BATCH_MAX_ROWS = 100
 _BATCH_MAX_PARTITIONS = 10
 _BATCH_MAX_BYTES = 4096
@@ -536,6 +537,20 @@ class CassandraMessageStore:
         by_partition: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
         for row in rows:
             by_partition.setdefault((row[0], row[1]), []).append(row)
+        if (
+            len(by_partition) + len(claims) <= _BATCH_MAX_PARTITIONS
+            and sum(map(_message_row_bytes, rows)) + sum(map(_claim_row_bytes, claims)) <= _BATCH_MAX_BYTES
+        ):
+            # A small dispatch (below saturation, usually one message) is one
+            # request, messages and bindings together: each request costs the
+            # driver and the node about as much as a few rows do.
+            together = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for row in rows:
+                together.add(insert_message, row)
+            for claim in claims:
+                together.add(insert_claim, claim)
+            session.execute(together)
+            return
         # Messages and their bindings are written side by side. A binding
         # found before its message is harmless: the gateway then looks the
         # message up, and publishes the retry again if it is not stored yet.

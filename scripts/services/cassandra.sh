@@ -10,6 +10,8 @@
 #      CASSANDRA_START_TIMEOUT (240 s), CASSANDRA_UNSAFE_SYSTEM (0; 1 = no
 #      fsync of system tables, for tests), CASSANDRA_JMX_PORT (unset = no JMX),
 #      CASSANDRA_JVM_OPTS (extra JVM flags), SERVICES_C1_ONLY (1 = C1 JIT only),
+#      CASSANDRA_DISK_ACCESS_MODE (mmap), CASSANDRA_FILE_CACHE (256MiB of
+#      decompressed chunks; 0 = off, Cassandra's default),
 #      CHAT_VAR_DIR, JAVA_HOME
 SVC_NAME=cassandra
 # shellcheck source=lib.sh
@@ -22,6 +24,8 @@ CASSANDRA_HEAP="${CASSANDRA_HEAP:-1G}"
 CASSANDRA_START_TIMEOUT="${CASSANDRA_START_TIMEOUT:-240}"
 CASSANDRA_UNSAFE_SYSTEM="${CASSANDRA_UNSAFE_SYSTEM:-0}"
 CASSANDRA_JMX_PORT="${CASSANDRA_JMX_PORT:-}"
+CASSANDRA_DISK_ACCESS_MODE="${CASSANDRA_DISK_ACCESS_MODE:-mmap}"
+CASSANDRA_FILE_CACHE="${CASSANDRA_FILE_CACHE:-256MiB}"
 
 HEAP_VAR=CASSANDRA_HEAP
 svc_dirs cassandra
@@ -76,7 +80,10 @@ incremental_backups: false
 memtable_heap_space: 64MiB
 memtable_offheap_space: 64MiB
 memtable_allocation_type: heap_buffers
-file_cache_size: 64MiB
+# History pages read sstables at random depths: map them instead of a read
+# call per chunk and index block, and keep recently read chunks decompressed.
+disk_access_mode: $CASSANDRA_DISK_ACCESS_MODE
+$(if [[ "$CASSANDRA_FILE_CACHE" == 0 ]]; then echo "file_cache_enabled: false"; else printf 'file_cache_enabled: true\nfile_cache_size: %s' "$CASSANDRA_FILE_CACHE"; fi)
 key_cache_size: 16MiB
 counter_cache_size: 8MiB
 concurrent_reads: 8
