@@ -472,6 +472,18 @@ def test_the_store_speaks_native_protocol_4_unless_told_otherwise(store: Cassand
         CassandraMessageStore()
 
 
+@pytest.mark.skipif("CHAT_CASSANDRA_PORT" in os.environ, reason="checks the project's own node")
+def test_the_projects_node_maps_sstables_and_caches_chunks(store: CassandraMessageStore) -> None:
+    # scripts/services/cassandra.sh: history pages read at random depths (docs/services.md).
+    settings = dict(
+        store.session.execute(
+            "SELECT name, value FROM system_views.settings"
+            " WHERE name IN ('disk_access_mode', 'file_cache_enabled', 'file_cache_size')"
+        ).all()
+    )
+    assert settings == {"disk_access_mode": "mmap", "file_cache_enabled": "true", "file_cache_size": "256MiB"}
+
+
 def test_sync_schema_is_idempotent(store: CassandraMessageStore) -> None:
     store.sync_schema()
     store.sync_schema()
