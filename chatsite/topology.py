@@ -118,16 +118,27 @@ class Topology:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
-            process = subprocess.Popen(
-                spec.argv,
-                cwd=REPO,
-                env={**os.environ, **self.env, **spec.env},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self.processes[spec.name] = process
-            threading.Thread(target=self._pump, args=(spec.name, process), daemon=True).start()
+            self._spawn(spec)
+
+    def start_one(self, name: str) -> None:
+        """Start one process again (after ``stop_one``)."""
+        self._spawn(next(spec for spec in self.specs if spec.name == name))
+
+    def stop_one(self, name: str, timeout: float = 20.0) -> None:
+        """Stop one process the way ``stop`` stops them all (SIGTERM, then SIGKILL)."""
+        self._terminate([self.processes.pop(name)], timeout)
+
+    def _spawn(self, spec: ProcessSpec) -> None:
+        process = subprocess.Popen(
+            spec.argv,
+            cwd=REPO,
+            env={**os.environ, **self.env, **spec.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[spec.name] = process
+        threading.Thread(target=self._pump, args=(spec.name, process), daemon=True).start()
 
     def _pump(self, name: str, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -166,11 +177,14 @@ class Topology:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        for process in self.processes.values():
+        self._terminate(list(self.processes.values()), timeout)
+
+    def _terminate(self, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+        for process in processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in self.processes.values():
+        for process in processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -17,6 +17,7 @@ import redis
 from cassandra.cluster import Cluster, Session
 from kafka import KafkaConsumer
 
+from chatsite.topology import wait_for_consumer_group
 from tests.helpers import ApiClient, ChatSocket, FullStack
 
 T = TypeVar("T")
@@ -292,8 +293,61 @@ def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: F
     assert len(dispatchers) == 2, stats.keys()
     assert all(info["running"] for info in dispatchers.values())
     topic = full_stack.env["CHAT_KAFKA_TOPIC"]
+    every_partition = sorted(f"{topic}-{n}" for n in range(6))
+
+    def split_between_both() -> bool:
+        # A dispatcher reports its assignment from its next poll (within 0.5 s).
+        reports = dispatcher_stats(full_stack).values()
+        return all(info["assigned"] for info in reports) and every_partition == sorted(
+            p for info in reports for p in info["assigned"]
+        )
+
     # The two dispatchers split the topic's six partitions between them.
-    partitions = sorted(p for info in dispatchers.values() for p in info["assigned"])
-    assert partitions == sorted(f"{topic}-{n}" for n in range(6))
+    assert eventually(lambda: split_between_both() or None, timeout=10)
     notifier = next(info for name, info in stats.items() if name.startswith("notifier"))
     assert "kafka_dispatcher" not in notifier  # a disabled step reports nothing
+
+
+def test_a_stopping_dispatcher_hands_its_partitions_over_without_loss_or_replay(
+    full_stack: FullStack, full_api: ApiClient
+) -> None:
+    group, topology = full_stack.env["CHAT_KAFKA_GROUP"], full_stack.topology
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    delivered: list[str] = []
+    with socket_on(alice, full_stack.ports[0]) as alice_ws, socket_on(bob, full_stack.ports[1]) as bob_ws:
+
+        def send_and_deliver(label: str) -> None:
+            sent = [alice_ws.send_message(chat_id, f"{label} {n}") for n in range(10)]
+            for client_msg_id in sent:
+                message_id = alice_ws.expect("ack", client_msg_id=client_msg_id)["message_id"]
+                bob_ws.expect("message", message_id=message_id)
+                delivered.append(message_id)
+
+        send_and_deliver("before")
+        # Stop the dispatcher that reads this chat's partition. Celery's warm
+        # shutdown stops its loop, which commits what it finished and leaves
+        # the group; the other one takes every partition.
+        topic = full_stack.env["CHAT_KAFKA_TOPIC"]
+        partition = next(f"{topic}-{r.partition}" for r in kafka_records(topic) if r.key == str(chat_id).encode())
+        owner = next(name for name, info in dispatcher_stats(full_stack).items() if partition in info["assigned"])
+        stopped = "dispatcher-" + owner.partition("@")[0].removeprefix("dispatcher")
+        topology.stop_one(stopped)
+        try:
+            every_partition = sorted(f"{topic}-{n}" for n in range(6))
+            assert eventually(
+                lambda: [
+                    info
+                    for info in dispatcher_stats(full_stack).values()
+                    if info["running"] and sorted(info["assigned"]) == every_partition
+                ],
+                timeout=30,
+            )
+            send_and_deliver("while one dispatcher is down")
+        finally:
+            topology.start_one(stopped)
+            wait_for_consumer_group(bootstrap_servers=["127.0.0.1:9092"], group=group, members=2)
+        send_and_deliver("after it came back")
+        # Nothing was replayed to bob: every message arrived once.
+        assert [frame["message_id"] for frame in bob_ws.frames_of("message", quiet_for=2.0)] == []
+    assert len(set(delivered)) == 30
