@@ -2,8 +2,9 @@
 ``dispatchers``, hosted by a Celery worker (see ``chatsite/celery.py``).
 
 At-least-once underneath: offsets are committed only after a batch is stored
-and delivered. If the worker dies mid-batch, the group rebalances and another
-dispatcher replays the batch; the store's upsert by message_id keeps one copy.
+and delivered. If the worker dies, the group rebalances and another
+dispatcher replays its uncommitted batches; the store's upsert by message_id
+keeps one copy.
 
 Offsets are committed at most once per ``CHAT_DISPATCH_COMMIT_INTERVAL_SECONDS``
 (and when the partitions fall idle), not after every batch: below saturation
