@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import multiprocessing
 import random
 import time
@@ -37,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from bench.common import raise_nofile_limit
 from bench.httpclient import HttpClient
 from bench.stats import Bitmap, Histogram, popcount
+from chatsite.gc_tuning import SERVING_YOUNG_THRESHOLD, settle_start_up
 
 Mode = Literal["flood", "rate", "idle", "mixed", "history"]
 
@@ -592,10 +592,9 @@ def worker_main(
 ) -> None:
     raise_nofile_limit()
     _use_uvloop()
-    # The same collector settings as the servers (chatsite/gc_tuning.py): a
-    # worker's collection pauses would count in every target's latency.
-    gc.freeze()
-    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+    # The same collector settings as the servers: a worker's collection pauses
+    # would count in every target's latency.
+    settle_start_up(freeze=True, young_threshold=SERVING_YOUNG_THRESHOLD)
     try:
         asyncio.run(_worker_async(conn, index, clients, readers, settings))
     except Exception as exc:

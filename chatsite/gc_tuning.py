@@ -15,12 +15,22 @@ import gc
 
 from django.conf import settings
 
+# Allocations between young-generation collections in a serving process
+# (Python's default is 700); the default of CHAT_GC_GEN0_THRESHOLD.
+SERVING_YOUNG_THRESHOLD = 10_000
+
 
 def tune_for_serving() -> None:
     """Call once start-up is done (imports, settings, app registry)."""
-    if settings.CHAT_GC_FREEZE:
+    settle_start_up(freeze=settings.CHAT_GC_FREEZE, young_threshold=settings.CHAT_GC_GEN0_THRESHOLD)
+
+
+def settle_start_up(*, freeze: bool, young_threshold: int) -> None:
+    """Take what exists now out of every later collection (``freeze``), and
+    collect young objects every ``young_threshold`` allocations (0 keeps the
+    current threshold). For any long-running process, Django or not."""
+    if freeze:
         gc.freeze()
-    young_threshold = settings.CHAT_GC_GEN0_THRESHOLD
     if young_threshold > 0:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young_threshold, middle, old)

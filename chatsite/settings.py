@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from chatsite.gc_tuning import SERVING_YOUNG_THRESHOLD
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -338,4 +340,4 @@ CHAT_IO_THREADS = env_int("CHAT_IO_THREADS", 32)
 # and collect young objects every this many allocations (0: Python's 700);
 # see chatsite/gc_tuning.py.
 CHAT_GC_FREEZE = env_bool("CHAT_GC_FREEZE", True)
-CHAT_GC_GEN0_THRESHOLD = env_int("CHAT_GC_GEN0_THRESHOLD", 10000)
+CHAT_GC_GEN0_THRESHOLD = env_int("CHAT_GC_GEN0_THRESHOLD", SERVING_YOUNG_THRESHOLD)

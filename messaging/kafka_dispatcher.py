@@ -105,13 +105,9 @@ class KafkaDispatcher:
                     self._stop.wait(settings.CHAT_DISPATCH_RETRY_SECONDS)
         finally:
             if consumer is not None:
-                self._commit_before_close(consumer)
+                self.commit_finished(consumer, why="stop")
                 consumer.close(autocommit=False)
             loop.close()
-
-    def _commit_before_close(self, consumer: KafkaConsumer) -> None:
-        """Every batch the loop finished is delivered: commit them and wait."""
-        self.commit_finished(consumer, why="stop")
 
     def commit_finished(self, consumer: KafkaConsumer, *, why: str) -> None:
         """Commit every finished batch and wait for the broker's answer."""
