@@ -250,6 +250,10 @@ CHAT_KAFKA_TOPIC = env_str("CHAT_KAFKA_TOPIC", "incoming_messages")
 CHAT_KAFKA_PARTITIONS = env_int("CHAT_KAFKA_PARTITIONS", 6)
 CHAT_KAFKA_REPLICATION_FACTOR = env_int("CHAT_KAFKA_REPLICATION_FACTOR", 1)
 CHAT_KAFKA_GROUP = env_str("CHAT_KAFKA_GROUP", "dispatchers")
+# A dispatcher that stops heartbeating (killed, hung, cut off) loses its
+# partitions after this long; until then nobody delivers their messages.
+# kafka-python's default is 45 s. Heartbeats go every 3 s from their own thread.
+CHAT_KAFKA_SESSION_TIMEOUT_MS = env_int("CHAT_KAFKA_SESSION_TIMEOUT_MS", 10_000)
 CHAT_KAFKA_LINGER_MS = env_int("CHAT_KAFKA_LINGER_MS", 1)
 CHAT_KAFKA_MAX_BLOCK_MS = env_int("CHAT_KAFKA_MAX_BLOCK_MS", 3000)
 CHAT_KAFKA_REQUEST_TIMEOUT_MS = env_int("CHAT_KAFKA_REQUEST_TIMEOUT_MS", 5000)

@@ -128,6 +128,14 @@ class Topology:
         """Stop one process the way ``stop`` stops them all (SIGTERM, then SIGKILL)."""
         self._terminate([self.processes.pop(name)], timeout)
 
+    def kill_one(self, name: str) -> None:
+        """Kill one process and its children at once (SIGKILL), as a crash
+        would: no shutdown code runs, nothing is committed or deregistered."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
     def _spawn(self, spec: ProcessSpec) -> None:
         process = subprocess.Popen(
             spec.argv,

@@ -76,6 +76,7 @@ class KafkaDispatcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.CHAT_DISPATCH_BATCH_SIZE,
+            session_timeout_ms=settings.CHAT_KAFKA_SESSION_TIMEOUT_MS,
             # Nothing reads kafka-python's client-side metrics; recording them
             # costs CPU on every fetch.
             metrics_enabled=False,

@@ -243,6 +243,18 @@ def dispatcher_stats(full_stack: FullStack) -> dict[str, dict[str, Any]]:
     return {name: info["kafka_dispatcher"] for name, info in stats.items() if name.startswith("dispatcher")}
 
 
+def partition_owner(full_stack: FullStack, chat_id: int) -> tuple[int, str]:
+    """The partition holding a chat's messages (one must be there already),
+    and the topology name of the dispatcher that reads it."""
+    topic = full_stack.env["CHAT_KAFKA_TOPIC"]
+    partition = next(r.partition for r in kafka_records(topic) if r.key == str(chat_id).encode())
+    worker = next(
+        name for name, info in dispatcher_stats(full_stack).items() if f"{topic}-{partition}" in info["assigned"]
+    )
+    # Celery names the worker "dispatcher<n>@host"; the topology calls it "dispatcher-<n>".
+    return partition, "dispatcher-" + worker.partition("@")[0].removeprefix("dispatcher")
+
+
 def test_dispatchers_commit_on_an_interval_and_once_idle(full_stack: FullStack, full_api: ApiClient) -> None:
     from kafka import KafkaAdminClient, TopicPartition
 
@@ -329,9 +341,7 @@ def test_a_stopping_dispatcher_hands_its_partitions_over_without_loss_or_replay(
         # shutdown stops its loop, which commits what it finished and leaves
         # the group; the other one takes every partition.
         topic = full_stack.env["CHAT_KAFKA_TOPIC"]
-        partition = next(f"{topic}-{r.partition}" for r in kafka_records(topic) if r.key == str(chat_id).encode())
-        owner = next(name for name, info in dispatcher_stats(full_stack).items() if partition in info["assigned"])
-        stopped = "dispatcher-" + owner.partition("@")[0].removeprefix("dispatcher")
+        _, stopped = partition_owner(full_stack, chat_id)
         topology.stop_one(stopped)
         try:
             every_partition = sorted(f"{topic}-{n}" for n in range(6))
@@ -351,3 +361,65 @@ def test_a_stopping_dispatcher_hands_its_partitions_over_without_loss_or_replay(
         # Nothing was replayed to bob: every message arrived once.
         assert [frame["message_id"] for frame in bob_ws.frames_of("message", quiet_for=2.0)] == []
     assert len(set(delivered)) == 30
+
+
+def test_a_killed_dispatcher_is_replaced_and_replays_only_what_it_had_not_committed(
+    full_stack: FullStack, full_api: ApiClient
+) -> None:
+    from kafka import KafkaAdminClient, TopicPartition
+
+    group, topic, topology = full_stack.env["CHAT_KAFKA_GROUP"], full_stack.env["CHAT_KAFKA_TOPIC"], full_stack.topology
+    alice, bob = full_api.signup("alice"), full_api.signup("bob")
+    chat_id = direct_chat(alice, bob)
+    chat_key = str(chat_id).encode()
+    with socket_on(alice, full_stack.ports[0]) as alice_ws, socket_on(bob, full_stack.ports[1]) as bob_ws:
+
+        def send(label: str, count: int) -> list[str]:
+            sent = [alice_ws.send_message(chat_id, f"{label} {n}") for n in range(count)]
+            return [alice_ws.expect("ack", client_msg_id=client_msg_id)["message_id"] for client_msg_id in sent]
+
+        def arrive(message_ids: list[str], timeout: float = 10.0) -> None:
+            for message_id in message_ids:
+                bob_ws.expect("message", message_id=message_id, timeout=timeout)
+
+        first = send("first", 1)
+        arrive(first)
+        partition, owner = partition_owner(full_stack, chat_id)
+        # A burst, and the kill as soon as bob has it: the owner commits at most
+        # once a second and when it finds nothing to read (after a 500 ms poll),
+        # so the end of the burst is normally delivered but not committed.
+        burst = send("burst", 20)
+        arrive(burst)
+        topology.kill_one(owner)
+        admin = KafkaAdminClient(bootstrap_servers=["127.0.0.1:9092"])
+        try:
+            # Nobody reads the partition until the group's session timeout
+            # notices the dead member, so this is what the survivor starts from.
+            committed = admin.list_group_offsets(group)[group].get(TopicPartition(topic, partition))
+            start = committed.offset if committed is not None else 0
+            # Sends go on: the chat servers ack once Kafka has a message.
+            during = send("while the group has a dead member", 10)
+            arrive(during, timeout=60)
+        finally:
+            admin.close()
+            topology.start_one(owner)
+            wait_for_consumer_group(bootstrap_servers=["127.0.0.1:9092"], group=group, members=2)
+        after = send("after it came back", 5)
+        arrive(after)
+        replayed = [frame["message_id"] for frame in bob_ws.frames_of("message", quiet_for=2.0)]
+
+    records = [record for record in kafka_records(topic) if record.key == chat_key]
+    uncommitted = (
+        {orjson.loads(record.value)["message_id"] for record in records if record.offset >= start}
+        - set(during)
+        - set(after)
+    )
+    # The burst reached the owner in several batches and only the first was
+    # committed (a second commit needs a second, or an idle poll).
+    assert uncommitted, "the kill came after the owner committed the whole burst: nothing to replay"
+    # The survivor replays from the dead owner's last commit: exactly the
+    # delivered messages it had not committed, each once, and nothing older.
+    assert sorted(replayed) == sorted(uncommitted)
+    # The store kept one copy of each, the replays included.
+    history = alice.get(f"/api/chats/{chat_id}/messages?limit=100").body["messages"]
+    assert sorted(message["message_id"] for message in history) == sorted(first + burst + during + after)
