@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +20,33 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc.
+
+    psutil's ``children()`` makes such a pass on every call (and
+    ``process_iter`` costs five times more), so asking it for each watched
+    tree every half second cost the harness a few percent of a core, taken
+    from the servers it measures."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue  # it exited meanwhile
+        # The command name may hold spaces and parentheses; the fields after it
+        # start at the last ')': state, then the parent's pid.
+        children[int(stat.rsplit(b")", 1)[1].split()[1])].append(int(entry.name))
+    return children
+
+
+def _tree_pids(pid: int, children: dict[int, list[int]]) -> list[int]:
+    pids = [pid]
+    for parent in pids:  # grows as it goes: a breadth-first walk
+        pids.extend(children.get(parent, ()))
+    return pids
 
 
 def rss_of(pid: int) -> int:
@@ -71,6 +94,8 @@ class ProcessMonitor:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.watched: list[_Watched] = []
+        # psutil handles, one per pid, kept from sample to sample.
+        self._processes: dict[int, psutil.Process] = {}
         self.groups: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,13 +109,24 @@ class ProcessMonitor:
         self.watched.append(_Watched(label=label, pid=pid, tree=tree, rss_root_only=rss_root_only))
         self.groups[label] = group
 
+    def _process(self, pid: int) -> psutil.Process | None:
+        process = self._processes.get(pid)
+        if process is None:
+            try:
+                process = self._processes[pid] = psutil.Process(pid)
+            except psutil.Error:
+                return None
+        return process
+
     def _sample(self, first: bool = False) -> None:
+        children = _children_by_parent() if any(item.tree for item in self.watched) else {}
         for item in self.watched:
-            processes = _tree(item.pid) if item.tree else _tree(item.pid)[:1]
+            pids = _tree_pids(item.pid, children) if item.tree else [item.pid]
+            processes = [process for pid in pids if (process := self._process(pid)) is not None]
             rss = 0
             fds = 0
             for process in processes:
-                with contextlib.suppress(psutil.Error):
+                with contextlib.suppress(psutil.Error), process.oneshot():
                     cpu = _cpu(process)
                     # A child first seen now started inside the window: count it from zero.
                     if first:
