@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -227,7 +228,22 @@ def run_target(
     return records
 
 
+def _unwind_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner giving up, an operator) unwinds the run
+    like an error, so its ``finally`` blocks stop the servers and drop the
+    run's databases, Kafka topic and keyspace instead of leaving them behind.
+    Further SIGTERMs are ignored so they cannot cut that clean-up short."""
+
+    def unwind(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _log("SIGTERM: stopping the servers and cleaning up")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _unwind_on_sigterm()
     args = parse_args(argv)
     nofile = raise_nofile_limit()
     sizes = chosen_sizes(args)

@@ -4,12 +4,16 @@ figures themselves are too small to mean anything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bench.scenarios import DEFAULT_MATRIX
@@ -101,3 +105,38 @@ def test_ratios_and_table_are_reported(results):
     assert ("idle", "embedded/raw") in pairs
     assert ("history", "full/embedded") in pairs
     assert "deliv/s" in results["_stdout"] and "Ratios" in results["_stdout"]
+
+
+def test_a_run_stopped_with_sigterm_stops_its_servers_and_writes_what_it_has(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.run", "--quick", "--targets", "embedded", "--scenarios", "fanout_flood"]
+    run = subprocess.Popen(
+        [*command, "--duration", "120", "--out", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        servers: list[psutil.Process] = []
+        while not servers and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+            with contextlib.suppress(psutil.Error):
+                servers = [
+                    child
+                    for child in psutil.Process(run.pid).children(recursive=True)
+                    if "daphne" in " ".join(child.cmdline())
+                ]
+        assert servers, "the embedded server never started"
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "SIGTERM: stopping the servers and cleaning up" in stderr
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert alive == []
+    (path,) = tmp_path.glob("*.json")
+    assert json.loads(path.read_text())["meta"]["wall_s"] > 0
