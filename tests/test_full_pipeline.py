@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import redis
 from cassandra.cluster import Cluster, Session
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from chatsite.topology import wait_for_consumer_group
 from tests.helpers import ApiClient, ChatSocket, FullStack
@@ -256,8 +256,6 @@ def partition_owner(full_stack: FullStack, chat_id: int) -> tuple[int, str]:
 
 
 def test_dispatchers_commit_on_an_interval_and_once_idle(full_stack: FullStack, full_api: ApiClient) -> None:
-    from kafka import KafkaAdminClient, TopicPartition
-
     topic, group = full_stack.env["CHAT_KAFKA_TOPIC"], full_stack.env["CHAT_KAFKA_GROUP"]
     alice, bob = full_api.signup("alice"), full_api.signup("bob")
     chat_id = direct_chat(alice, bob)
@@ -366,8 +364,6 @@ def test_a_stopping_dispatcher_hands_its_partitions_over_without_loss_or_replay(
 def test_a_killed_dispatcher_is_replaced_and_replays_only_what_it_had_not_committed(
     full_stack: FullStack, full_api: ApiClient
 ) -> None:
-    from kafka import KafkaAdminClient, TopicPartition
-
     group, topic, topology = full_stack.env["CHAT_KAFKA_GROUP"], full_stack.env["CHAT_KAFKA_TOPIC"], full_stack.topology
     alice, bob = full_api.signup("alice"), full_api.signup("bob")
     chat_id = direct_chat(alice, bob)

@@ -25,7 +25,7 @@ from messaging.ids import message_id_isoformat, new_message_id, timeuuid_for_tim
 from messaging.models import Membership
 from messaging.selectors import readers_forget
 from messaging.services import chat_create_group
-from messaging.types import Message
+from messaging.types import Message, isoformat_utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -213,10 +213,6 @@ async def test_only_bearer_history_reads_take_the_fast_lane() -> None:
     assert reached_django == [f"GET {path}", f"POST {path}", "GET /api/chats", f"GET {path}/"]
 
 
-def _expected_sent_at(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 async def test_sent_at_is_the_message_ids_time_to_the_microsecond_in_utc() -> None:
     reader = await sync_to_async(_chat_with_history)(0)
     moments = [
@@ -239,7 +235,7 @@ async def test_sent_at_is_the_message_ids_time_to_the_microsecond_in_utc() -> No
     status, body = await _get(AsyncClient(), f"/api/chats/{reader.chat_id}/messages?limit=10", reader.token)
     assert status == 200
     assert {m["body"]: m["sent_at"] for m in body["messages"]} == {
-        f"at {moment}": _expected_sent_at(moment) for moment in moments
+        f"at {moment}": isoformat_utc(moment) for moment in moments
     }
 
 
@@ -251,4 +247,4 @@ def test_the_fast_sent_at_matches_datetime_formatting_across_the_calendar() -> N
         micros = 0 if picker.random() < 0.1 else picker.randrange(1_000_000)
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micros)
         message_id = timeuuid_from_parts(timeuuid_for_time(moment).time + picker.randrange(10), 0, 0)
-        assert message_id_isoformat(message_id) == _expected_sent_at(moment)
+        assert message_id_isoformat(message_id) == isoformat_utc(moment)
