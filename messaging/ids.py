@@ -58,15 +58,26 @@ def message_id_time(message_id: uuid.UUID) -> datetime:
 def message_id_isoformat(message_id: uuid.UUID) -> str:
     """``message_id_time`` as ISO 8601 UTC, microseconds and a "Z": the
     ``sent_at`` of every message payload. A history page formats fifty of
-    them, and going through datetime cost about 8 us each. (A timeuuid's time
-    lies between 1582 and 5236, so the year always has four digits.)"""
-    seconds, micros = divmod((message_id.time - _UUID_EPOCH_OFFSET) // 10, 1_000_000)
-    return f"{_utc_second(seconds)}.{micros:06d}Z"
+    them. Through datetime one cost about 8 us; through ``time.strftime`` per
+    second 6 us, because messages deep in a history rarely share a second.
+    This takes the timestamp from the id's integer and formats the day once
+    per day (about 2.7 us). (A timeuuid's time lies between 1582 and 5236, so
+    the year always has four digits.)"""
+    bits = message_id.int
+    timestamp = (((bits >> 64) & 0x0FFF) << 48) | (((bits >> 80) & 0xFFFF) << 32) | (bits >> 96)
+    seconds, micros = divmod((timestamp - _UUID_EPOCH_OFFSET) // 10, 1_000_000)
+    day, second_of_day = divmod(seconds, 86_400)
+    minute_of_day, second = divmod(second_of_day, 60)
+    return f"{_utc_day_prefix(day)}{_MINUTE_PREFIXES[minute_of_day]}{_SECOND_PREFIXES[second]}{micros:06d}Z"
 
 
-@lru_cache(maxsize=1024)
-def _utc_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+@lru_cache(maxsize=4096)
+def _utc_day_prefix(day: int) -> str:
+    return time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+
+
+_MINUTE_PREFIXES = [f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60)]
+_SECOND_PREFIXES = [f"{second:02d}." for second in range(60)]
 
 
 def message_sort_key(message_id: uuid.UUID) -> str:

@@ -248,3 +248,7 @@ def test_the_fast_sent_at_matches_datetime_formatting_across_the_calendar() -> N
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micros)
         message_id = timeuuid_from_parts(timeuuid_for_time(moment).time + picker.randrange(10), 0, 0)
         assert message_id_isoformat(message_id) == isoformat_utc(moment)
+    # Each side of midnight, before and after 1970, and the turn of a leap day.
+    for text in ("1969-12-31T23:59:59.999999", "1970-01-01T00:00:00", "1583-01-01T00:00:00", "2024-02-29T23:59:59.5"):
+        moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
+        assert message_id_isoformat(timeuuid_for_time(moment)) == isoformat_utc(moment)
