@@ -306,3 +306,54 @@ async def test_a_send_the_bus_cannot_take_is_refused_as_unavailable_and_stores_n
     assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
     await ws.disconnect()
     message_bus().close()  # type: ignore[attr-defined]
+
+
+async def _longest_loop_stall(until: asyncio.Future[Any], tick: float = 0.02) -> float:
+    """The longest gap between ticks of this event loop until ``until`` is done."""
+    loop = asyncio.get_running_loop()
+    longest = 0.0
+    last = loop.time()
+    while not until.done():
+        await asyncio.sleep(tick)
+        now = loop.time()
+        longest = max(longest, now - last - tick)
+        last = now
+    return longest
+
+
+@override_settings(
+    CHAT_BACKENDS={
+        "message_store": "messaging.backends.orm_store.OrmMessageStore",
+        "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+        "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
+        "session_registry": "presence.registry.InProcessSessionRegistry",
+        "server_directory": "presence.directory.SingleServerDirectory",
+    },
+    # The broker is up, but it has no such topic (and creates none on demand).
+    CHAT_KAFKA_BOOTSTRAP_SERVERS=["127.0.0.1:9092"],
+    CHAT_KAFKA_TOPIC=f"no_such_topic_{uuid.uuid4().hex[:8]}",
+    CHAT_KAFKA_MAX_BLOCK_MS=2000,
+    CHAT_KAFKA_PUBLISH_TIMEOUT_SECONDS=4.0,
+)
+async def test_a_bus_without_its_topic_refuses_sends_without_stalling_the_event_loop() -> None:
+    reset_backends()
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    stall = asyncio.create_task(_longest_loop_stall(answered))
+    await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "t1", "body": "hello?"})
+    frame = json.loads(await ws.receive_from(timeout=15))
+    while frame["type"] != "error":
+        frame = json.loads(await ws.receive_from(timeout=15))
+    answered.set_result(None)
+    assert (frame["code"], frame["client_msg_id"]) == ("unavailable", "t1")
+    # kafka-python waits up to CHAT_KAFKA_MAX_BLOCK_MS (2 s) for the topic's
+    # metadata; that wait must not hold the loop every connection shares.
+    assert await stall < 1.0
+    from messaging.models import ClientMessageClaim, StoredMessage
+
+    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
+    await ws.disconnect()
+    message_bus().close()  # type: ignore[attr-defined]

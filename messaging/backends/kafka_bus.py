@@ -50,6 +50,20 @@ class KafkaMessageBus:
             return self._producer
 
     def _connect(self) -> KafkaProducer:
+        producer = self._new_producer()
+        try:
+            # send() waits up to max_block_ms for the topic's partitions when it
+            # has none, and publish() calls it on the event loop. Fetching them
+            # here, off the loop, leaves send() nothing to wait for: kafka-python
+            # keeps them while the broker is away (a send then fails through its
+            # future, not by blocking).
+            producer.partitions_for(settings.CHAT_KAFKA_TOPIC)
+        except KafkaError:
+            producer.close(timeout=0)
+            raise
+        return producer
+
+    def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(
             bootstrap_servers=settings.CHAT_KAFKA_BOOTSTRAP_SERVERS,
             client_id=f"chat-gateway-{settings.CHAT_SERVER_ID}",
