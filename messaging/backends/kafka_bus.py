@@ -55,8 +55,8 @@ class KafkaMessageBus:
             # send() waits up to max_block_ms for the topic's partitions when it
             # has none, and publish() calls it on the event loop. Fetching them
             # here, off the loop, leaves send() nothing to wait for: kafka-python
-            # keeps them while the broker is away (a send then fails through its
-            # future, not by blocking).
+            # keeps them while the broker is away, so a send then waits in
+            # publish()'s timeout, which yields to the loop.
             producer.partitions_for(settings.CHAT_KAFKA_TOPIC)
         except KafkaError:
             producer.close(timeout=0)
