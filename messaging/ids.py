@@ -61,8 +61,8 @@ def message_id_isoformat(message_id: uuid.UUID) -> str:
     them. Through datetime one cost about 8 us; through ``time.strftime`` per
     second 6 us, because messages deep in a history rarely share a second.
     This takes the timestamp from the id's integer, formats each day's date
-    once and looks up the time of day in tables (about 2.7 us). (A timeuuid's time lies between 1582 and 5236, so
-    the year always has four digits.)"""
+    once and looks up the time of day in tables (about 2.7 us). (A timeuuid's
+    time lies between 1582 and 5236, so the year always has four digits.)"""
     bits = message_id.int
     timestamp = (((bits >> 64) & 0x0FFF) << 48) | (((bits >> 80) & 0xFFFF) << 32) | (bits >> 96)
     seconds, micros = divmod((timestamp - _UUID_EPOCH_OFFSET) // 10, 1_000_000)

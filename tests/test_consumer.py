@@ -41,9 +41,9 @@ async def connect(token: str | None, headers: list[tuple[bytes, bytes]] | None =
     return communicator
 
 
-async def next_of(communicator: WebsocketCommunicator, frame_type: str) -> dict[str, Any]:
+async def next_of(communicator: WebsocketCommunicator, frame_type: str, timeout: float = 5) -> dict[str, Any]:
     while True:
-        frame = json.loads(await communicator.receive_from(timeout=5))
+        frame = json.loads(await communicator.receive_from(timeout=timeout))
         if frame["type"] == frame_type:
             return frame
 
@@ -276,14 +276,25 @@ async def settled_dispatch(fresh_backends: None) -> Any:
         await bus.drain()
 
 
+# Everything in-process but the message bus: Kafka, reached or not.
+KAFKA_BUS_BACKENDS = {
+    "message_store": "messaging.backends.orm_store.OrmMessageStore",
+    "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
+    "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
+    "session_registry": "presence.registry.InProcessSessionRegistry",
+    "server_directory": "presence.directory.SingleServerDirectory",
+}
+
+
+async def _assert_nothing_stored() -> None:
+    from messaging.models import ClientMessageClaim, StoredMessage
+
+    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
+    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
+
+
 @override_settings(
-    CHAT_BACKENDS={
-        "message_store": "messaging.backends.orm_store.OrmMessageStore",
-        "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
-        "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
-        "session_registry": "presence.registry.InProcessSessionRegistry",
-        "server_directory": "presence.directory.SingleServerDirectory",
-    },
+    CHAT_BACKENDS=KAFKA_BUS_BACKENDS,
     # Nothing listens on port 1: the bus is down.
     CHAT_KAFKA_BOOTSTRAP_SERVERS=["127.0.0.1:1"],
     CHAT_KAFKA_MAX_BLOCK_MS=500,
@@ -296,14 +307,9 @@ async def test_a_send_the_bus_cannot_take_is_refused_as_unavailable_and_stores_n
     chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
     ws = await connect(alice_token)
     await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "k1", "body": "anyone?"})
-    error = json.loads(await ws.receive_from(timeout=15))
-    while error["type"] != "error":
-        error = json.loads(await ws.receive_from(timeout=15))
+    error = await next_of(ws, "error", timeout=15)
     assert (error["code"], error["client_msg_id"]) == ("unavailable", "k1")
-    from messaging.models import ClientMessageClaim, StoredMessage
-
-    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
-    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
+    await _assert_nothing_stored()
     await ws.disconnect()
     message_bus().close()  # type: ignore[attr-defined]
 
@@ -322,13 +328,7 @@ async def _longest_loop_stall(until: asyncio.Future[Any], tick: float = 0.02) ->
 
 
 @override_settings(
-    CHAT_BACKENDS={
-        "message_store": "messaging.backends.orm_store.OrmMessageStore",
-        "message_bus": "messaging.backends.kafka_bus.KafkaMessageBus",
-        "claim_registry": "messaging.backends.claims.InProcessClaimRegistry",
-        "session_registry": "presence.registry.InProcessSessionRegistry",
-        "server_directory": "presence.directory.SingleServerDirectory",
-    },
+    CHAT_BACKENDS=KAFKA_BUS_BACKENDS,
     # The broker is up, but it has no such topic (and creates none on demand).
     CHAT_KAFKA_BOOTSTRAP_SERVERS=["127.0.0.1:9092"],
     CHAT_KAFKA_TOPIC=f"no_such_topic_{uuid.uuid4().hex[:8]}",
@@ -343,17 +343,12 @@ async def test_a_bus_without_its_topic_refuses_sends_without_stalling_the_event_
     answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     stall = asyncio.create_task(_longest_loop_stall(answered))
     await ws.send_json_to({"type": "send", "chat_id": chat.pk, "client_msg_id": "t1", "body": "hello?"})
-    frame = json.loads(await ws.receive_from(timeout=15))
-    while frame["type"] != "error":
-        frame = json.loads(await ws.receive_from(timeout=15))
+    error = await next_of(ws, "error", timeout=15)
     answered.set_result(None)
-    assert (frame["code"], frame["client_msg_id"]) == ("unavailable", "t1")
+    assert (error["code"], error["client_msg_id"]) == ("unavailable", "t1")
     # kafka-python waits up to CHAT_KAFKA_MAX_BLOCK_MS (2 s) for the topic's
     # metadata; that wait must not hold the loop every connection shares.
     assert await stall < 1.0
-    from messaging.models import ClientMessageClaim, StoredMessage
-
-    assert await database_sync_to_async(StoredMessage.objects.count)() == 0
-    assert await database_sync_to_async(ClientMessageClaim.objects.count)() == 0
+    await _assert_nothing_stored()
     await ws.disconnect()
     message_bus().close()  # type: ignore[attr-defined]
