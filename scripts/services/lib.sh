@@ -80,8 +80,13 @@ explain_failure() {
   done
   if grep -qE 'OutOfMemoryError: (Java heap space|GC overhead)' <<<"$text"; then
     err "the JVM ran out of heap: raise the heap size (${HEAP_VAR:-heap} env variable)"
-  elif grep -qE 'OutOfMemoryError|Cannot allocate memory|insufficient memory|Could not reserve enough space' <<<"$text"; then
+  # The thrown error, not the JVM flag -XX:+ExitOnOutOfMemoryError that
+  # Cassandra logs among its arguments on every start.
+  elif grep -qE 'java\.lang\.OutOfMemoryError|Cannot allocate memory|insufficient memory|Could not reserve enough space' <<<"$text"; then
     err "out of memory: free some memory or lower the heap size (${HEAP_VAR:-heap} env variable)"
+  fi
+  if grep -qE 'Detected unreadable sstables' <<<"$text"; then
+    err "the data directory holds sstables this configuration cannot read (written by a newer version or storage_compatibility_mode): point the service at another data directory or remove $SVC_DATA"
   fi
   if grep -qE 'Address already in use|BindException' <<<"$text"; then
     err "a port is already in use (see the log lines above)"
