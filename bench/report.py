@@ -81,7 +81,7 @@ def fraction_of_saturation(record: dict[str, Any], records: Sequence[dict[str, A
 def delivery_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for record in records:
-        if record["scenario"] in ("history", "idle"):
+        if record["scenario"] in ("history", "idle", "fanout_curve"):
             continue
         figures = record.get("figures", {})
         latency = figures.get("latency", {})
@@ -156,6 +156,50 @@ def render(results: dict[str, Any]) -> str:
             delivery_rows(records),
         )
     )
+    curves = [record for record in records if record["scenario"] == "fanout_curve" and record.get("curve")]
+    if curves:
+        out.append(
+            "\nLatency against the offered rate (fanout_curve): fixed-rate runs at shares of the target's"
+            " fanout_flood deliveries/s. CPU/1k deliv = servers and shared servers, CPU-seconds per 1,000"
+            " deliveries; x flood = that over the flood's."
+        )
+        rows = [
+            [
+                record["target"],
+                point["fraction_of_saturation"],
+                point["offered_deliveries_per_s"],
+                point["deliveries_per_s"],
+                point["p50_ms"],
+                point["p99_ms"],
+                point["p999_ms"],
+                point["lost"],
+                point["duplicates"],
+                point["system_cpu_per_1k_deliveries_s"],
+                point["cost_over_flood"],
+            ]
+            for record in curves
+            for point in record["curve"]
+        ]
+        out.append(
+            table(
+                [
+                    "target",
+                    "of sat.",
+                    "offered/s",
+                    "deliv/s",
+                    "p50",
+                    "p99",
+                    "p99.9",
+                    "lost",
+                    "dup",
+                    "CPU/1k deliv",
+                    "x flood",
+                ],
+                rows,
+            )
+        )
+        for record in curves:
+            out.append(f"{record['target']}: {curve_line(record)}")
     idle = [record for record in records if record["scenario"] == "idle"]
     if idle:
         out.append("\nIdle connections with heartbeats (one server process)")
@@ -264,6 +308,19 @@ def render(results: dict[str, Any]) -> str:
             table(["scenario", "pair", "deliv/s", "p50", "p99", "srv CPU/1k deliv", "KB/conn", "history p99"], rows)
         )
     return "\n".join(out)
+
+
+def curve_line(record: dict[str, Any]) -> str:
+    """One sentence: up to which share of its flood the target kept the p99 limit."""
+    summary = record.get("curve_summary", {})
+    limit = _fmt(summary.get("p99_limit_ms"))
+    share = summary.get("within_up_to_fraction")
+    if share is None:
+        return f"p99 above {limit} ms (or deliveries lost) already at the lowest share measured"
+    return (
+        f"p99 within {limit} ms with nothing lost up to {_fmt(share)} of its flood"
+        f" ({_fmt(summary.get('within_up_to_offered_deliveries_per_s'))} deliveries/s offered)"
+    )
 
 
 def ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import psutil
 
 from bench.common import REPO, raise_nofile_limit
 from bench.profiling import Profiler
-from bench.report import ratios, render
+from bench.report import curve_line, ratios, render
 from bench.scenarios import DEFAULT_MATRIX, QUICK, SCENARIOS, ScenarioRun, Sizes
 from bench.targets import TARGETS, Target, TargetOptions
 
@@ -163,6 +163,8 @@ def one_line(record: dict[str, Any]) -> str:
     if record["scenario"] == "idle":
         memory = record.get("idle", {})
         return f"held {memory.get('held')}/{memory.get('requested')}, {memory.get('rss_per_connection_kb')} KB/conn"
+    if record["scenario"] == "fanout_curve":
+        return curve_line(record)
     if record["scenario"] == "history":
         page = figures.get("history", {})
         return f"{page.get('reads_per_s')} reads/s, p50 {page.get('p50_ms')} ms, p99 {page.get('p99_ms')} ms"

@@ -5,6 +5,10 @@
 - ``fanout_rate``: the same chats, each sender on a fixed schedule (open loop)
   at ``rate_fraction`` of what the same target delivered in its
   ``fanout_flood`` run earlier in the invocation, or at ``rate`` without one.
+- ``fanout_curve``: the same fixed-rate runs at several shares of that flood
+  figure (``curve_fractions``), one after the other on the same servers: the
+  latency and CPU per delivery at each, and up to which share the p99 stays
+  within ``curve_p99_ms``.
 - ``idle``: N connections to one server process, each heartbeating every 30 s;
   how many it holds and its RSS per connection.
 - ``history``: page latency of ``GET /api/chats/<id>/messages?limit=50&before=``
@@ -25,11 +29,13 @@ from bench.loadgen import ClientSpec, LoadRun, LoadSettings, ReaderSpec, aggrega
 from bench.monitor import ProcessMonitor, rss_of
 from bench.targets import SERVICE_PORTS, BenchChat, HistoryRequest, Population, Target
 
-SCENARIOS = ["fanout_flood", "fanout_rate", "idle", "history", "mixed"]
+SCENARIOS = ["fanout_flood", "fanout_rate", "fanout_curve", "idle", "history", "mixed"]
 # Which targets each scenario runs on by default (the issue's matrix).
 DEFAULT_MATRIX: dict[str, list[str]] = {
     "fanout_flood": ["raw", "channels", "embedded", "full"],
     "fanout_rate": ["raw", "channels", "embedded", "full"],
+    # The target the p99 limit at half saturation is set for.
+    "fanout_curve": ["full"],
     "idle": ["raw", "embedded"],
     "history": ["embedded", "full"],
     "mixed": ["raw", "channels", "embedded", "full"],
@@ -67,6 +73,11 @@ class Sizes:
     # ran without or before fanout_flood, or the flood run failed): 20 chats x
     # 9 recipients x 2/s = 360 deliveries/s offered.
     rate: float = 2.0
+    # fanout_curve: shares of this target's fanout_flood deliveries/s (comma list),
+    # each run for curve_duration seconds, and the p99 limit they are held to.
+    curve_fractions: str = "0.1,0.2,0.3,0.4,0.5"
+    curve_duration: float = 15.0
+    curve_p99_ms: float = 100.0
     # idle
     idle_connections: int = 10_000
     idle_group: int = 10
@@ -108,6 +119,8 @@ QUICK = Sizes(
     duration=1.5,
     window=4,
     rate=5.0,
+    curve_fractions="0.25,0.5",
+    curve_duration=1.5,
     idle_connections=40,
     idle_group=4,
     idle_hold=2.0,
@@ -312,24 +325,30 @@ class ScenarioRun:
 
     # --- the scenarios -------------------------------------------------------------
 
-    def rate_basis(self) -> dict[str, Any]:
+    def flood_record(self) -> dict[str, Any] | None:
+        """This target's latest ``fanout_flood`` record in this invocation."""
+        return next((r for r in reversed(self.earlier) if r["scenario"] == "fanout_flood"), None)
+
+    def rate_basis(self, fraction: float | None = None) -> dict[str, Any]:
         """The fixed-rate run's per-sender rate, and why it is that.
 
-        Half of saturation (``rate_fraction``) when this target's
-        ``fanout_flood`` ran earlier in this invocation and delivered
-        something; otherwise the fixed ``rate``, with the reason recorded.
+        ``fraction`` (``rate_fraction`` by default: half) of saturation when
+        this target's ``fanout_flood`` ran earlier in this invocation and
+        delivered something; otherwise the fixed ``rate``, with the reason
+        recorded.
         """
         sizes = self.sizes
+        share = sizes.rate_fraction if fraction is None else fraction
         recipients = sizes.chats * (sizes.members - 1)
-        flood = next((r for r in reversed(self.earlier) if r["scenario"] == "fanout_flood"), None)
+        flood = self.flood_record()
         saturation = flood.get("figures", {}).get("deliveries_per_s") if flood is not None else None
         basis: dict[str, Any] = {
             "source": "fixed",
-            "rate_fraction": sizes.rate_fraction,
+            "rate_fraction": share,
             "fixed_rate_per_sender": sizes.rate,
             "saturation_deliveries_per_s": saturation,
         }
-        if sizes.rate_fraction <= 0:
+        if share <= 0:
             basis["reason"] = "rate_fraction is 0: the fixed rate was asked for"
         elif flood is None:
             basis["reason"] = "no fanout_flood run of this target earlier in this invocation"
@@ -339,8 +358,8 @@ class ScenarioRun:
             basis["reason"] = "this target's fanout_flood run delivered nothing"
         else:
             basis["source"] = "fanout_flood"
-            basis["reason"] = f"{sizes.rate_fraction:g} of this target's fanout_flood deliveries/s in this invocation"
-            per_sender = sizes.rate_fraction * saturation / recipients
+            basis["reason"] = f"{share:g} of this target's fanout_flood deliveries/s in this invocation"
+            per_sender = share * saturation / recipients
             # At least one message per sender in the window, or there is nothing to measure.
             floor = 1.0 / sizes.duration if sizes.duration > 0 else 0.0
             if per_sender < floor:
@@ -353,14 +372,20 @@ class ScenarioRun:
         basis["fraction_of_saturation"] = round(offered / saturation, 3) if saturation else None
         return basis
 
+    def fanout_clients(self) -> list[ClientSpec]:
+        """The fan-out chats on the target, one device per member, the first
+        member of each chat its sender."""
+        sizes = self.sizes
+        population = self.populate(sizes.chats * sizes.members, groups(sizes.chats, sizes.members))
+        return clients_for(
+            self.target, population, population.chats, senders=set(range(sizes.chats)), heartbeat=False, typing=False
+        )
+
     def fanout(self, mode: str) -> None:
         sizes = self.sizes
         basis = self.rate_basis() if mode == "rate" else None
         rate = basis["rate_per_sender"] if basis is not None else sizes.rate
-        population = self.populate(sizes.chats * sizes.members, groups(sizes.chats, sizes.members))
-        clients = clients_for(
-            self.target, population, population.chats, senders=set(range(sizes.chats)), heartbeat=False, typing=False
-        )
+        clients = self.fanout_clients()
         self.record["params"] = {
             "chats": sizes.chats,
             "members": sizes.members,
@@ -382,6 +407,63 @@ class ScenarioRun:
 
     def fanout_rate(self) -> None:
         self.fanout("rate")
+
+    def fanout_curve(self) -> None:
+        """``fanout_rate`` at each of ``curve_fractions`` of the flood, on the
+        same servers and clients, lowest share first. Each point keeps its own
+        figures and CPU; the summary says up to which share every point's p99
+        stayed within ``curve_p99_ms`` with nothing lost."""
+        sizes = self.sizes
+        fractions = sorted({float(item) for item in sizes.curve_fractions.split(",") if item.strip()})
+        if not fractions or fractions[0] <= 0:
+            raise ValueError(f"curve_fractions must be positive shares of the flood, not {sizes.curve_fractions!r}")
+        flood = self.flood_record()
+        flood_cost = flood.get("system_cpu_per_1k_deliveries_s") if flood is not None else None
+        clients = self.fanout_clients()
+        self.record["params"] = {
+            "chats": sizes.chats,
+            "members": sizes.members,
+            "senders": sizes.chats,
+            "fractions": fractions,
+            "duration_s": sizes.curve_duration,
+            "p99_limit_ms": sizes.curve_p99_ms,
+            "body_chars": sizes.body_chars,
+            "flood_system_cpu_per_1k_deliveries_s": flood_cost,
+        }
+        points: list[dict[str, Any]] = []
+        self.record["curve"] = points
+        for index, fraction in enumerate(fractions):
+            basis = self.rate_basis(fraction)
+            if basis["source"] != "fanout_flood":
+                raise RuntimeError(f"fanout_curve needs this target's flood figure: {basis['reason']}")
+            before = set(self.record)
+            # A tag per point: client_msg_ids reused from an earlier point would be acked as retries.
+            settings = self.settings(
+                "rate", sizes.curve_duration, rate=basis["rate_per_sender"], run_tag=f"{self.tag}p{index}"
+            )
+            self.drive(clients, [], settings)
+            # What drive() recorded belongs to this point, not to the scenario.
+            run = {key: self.record.pop(key) for key in set(self.record) - before}
+            figures = run["figures"]
+            latency = figures.get("latency", {})
+            cost = run.get("system_cpu_per_1k_deliveries_s")
+            points.append(
+                {
+                    "fraction_of_saturation": basis["fraction_of_saturation"],
+                    "offered_deliveries_per_s": basis["offered_deliveries_per_s"],
+                    "deliveries_per_s": figures.get("deliveries_per_s"),
+                    "p50_ms": latency.get("p50_ms"),
+                    "p99_ms": latency.get("p99_ms"),
+                    "p999_ms": latency.get("p999_ms"),
+                    "lost": figures.get("lost"),
+                    "duplicates": figures.get("duplicates"),
+                    "system_cpu_per_1k_deliveries_s": cost,
+                    "cost_over_flood": round(cost / flood_cost, 3) if cost and flood_cost else None,
+                    "rate_basis": basis,
+                    "run": run,
+                }
+            )
+        self.record["curve_summary"] = curve_summary(points, sizes.curve_p99_ms)
 
     def idle(self) -> None:
         sizes = self.sizes
@@ -565,6 +647,22 @@ def wait_for_compactions(*, timeout: float = 300.0, quiet_polls: int = 3) -> dic
     finally:
         cluster.shutdown()
     return {"seconds": round(time.monotonic() - began, 1), "settled": quiet >= quiet_polls}
+
+
+def curve_summary(points: Sequence[dict[str, Any]], p99_limit_ms: float) -> dict[str, Any]:
+    """Up to which share of the flood every point, lowest first, kept its p99
+    within the limit and lost nothing (None when the lowest did not)."""
+    within: dict[str, Any] | None = None
+    for point in sorted(points, key=lambda p: p["fraction_of_saturation"]):
+        p99 = point["p99_ms"]
+        if p99 is None or p99 > p99_limit_ms or point["lost"]:
+            break
+        within = point
+    return {
+        "p99_limit_ms": p99_limit_ms,
+        "within_up_to_fraction": within["fraction_of_saturation"] if within else None,
+        "within_up_to_offered_deliveries_per_s": within["offered_deliveries_per_s"] if within else None,
+    }
 
 
 def summarize_usage(record: dict[str, Any]) -> None:

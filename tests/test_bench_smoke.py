@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bench.scenarios import DEFAULT_MATRIX
+from bench.scenarios import DEFAULT_MATRIX, curve_summary
 from bench.targets import ensure_services
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +71,45 @@ def test_deliveries_are_measured_and_none_lost(results, scenario):
         assert run["server_cpu_s"] >= 0, target
         for label, usage in run["usage"]["processes"].items():
             assert usage["cpu_s"] is not None and usage["rss_peak_mb"] > 0, (target, label)
+
+
+def test_the_latency_curve_runs_each_share_of_the_flood(results):
+    for target, run in runs_of(results, "fanout_curve").items():
+        flood = runs_of(results, "fanout_flood")[target]["figures"]["deliveries_per_s"]
+        shares = run["params"]["fractions"]
+        assert len(shares) >= 2 and shares == sorted(shares), target
+        assert [point["fraction_of_saturation"] for point in run["curve"]] == pytest.approx(shares, rel=0.01)
+        for point in run["curve"]:
+            assert point["offered_deliveries_per_s"] == pytest.approx(point["fraction_of_saturation"] * flood, rel=0.01)
+            figures = point["run"]["figures"]
+            # Every point sends its own messages: ids reused from an earlier
+            # point would be acked as retries and never delivered.
+            assert figures["deliveries"] == figures["deliveries_expected"] > 0, (target, point)
+            assert point["lost"] == 0 and point["duplicates"] == 0, (target, point)
+            for field in LATENCY_FIELDS:
+                assert point[field] is not None, (target, field)
+            assert point["system_cpu_per_1k_deliveries_s"] > 0, (target, point)
+            assert point["cost_over_flood"] > 0, (target, point)
+        summary = run["curve_summary"]
+        assert summary["p99_limit_ms"] == run["params"]["p99_limit_ms"]
+        within = [p for p in run["curve"] if p["p99_ms"] <= summary["p99_limit_ms"]]
+        if summary["within_up_to_fraction"] is None:
+            assert run["curve"][0]["p99_ms"] > summary["p99_limit_ms"]
+        else:
+            assert summary["within_up_to_fraction"] in [p["fraction_of_saturation"] for p in within]
+    assert "Latency against the offered rate" in results["_stdout"]
+
+
+def test_the_curve_is_within_its_limit_only_up_to_the_first_share_that_is_not():
+    def point(share: float, p99: float, lost: int = 0) -> dict[str, Any]:
+        return {"fraction_of_saturation": share, "offered_deliveries_per_s": share * 1000, "p99_ms": p99, "lost": lost}
+
+    # A later share under the limit again is noise, not headroom.
+    summary = curve_summary([point(0.3, 120.0), point(0.1, 40.0), point(0.2, 90.0), point(0.4, 95.0)], 100.0)
+    assert summary["within_up_to_fraction"] == 0.2
+    assert summary["within_up_to_offered_deliveries_per_s"] == 200.0
+    assert curve_summary([point(0.1, 40.0), point(0.2, 60.0, lost=1)], 100.0)["within_up_to_fraction"] == 0.1
+    assert curve_summary([point(0.1, 101.0)], 100.0)["within_up_to_fraction"] is None
 
 
 def test_mixed_load_carries_typing_heartbeats_and_history(results):
