@@ -312,7 +312,9 @@ def render(results: dict[str, Any]) -> str:
 
 def curve_line(record: dict[str, Any]) -> str:
     """One sentence: up to which share of its flood the target kept the p99 limit."""
-    summary = record.get("curve_summary", {})
+    summary = record.get("curve_summary")
+    if not summary:
+        return f"no summary: the run stopped before its last share ({_errors(record)})"
     limit = _fmt(summary.get("p99_limit_ms"))
     share = summary.get("within_up_to_fraction")
     if share is None:
