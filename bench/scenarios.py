@@ -246,9 +246,12 @@ class ScenarioRun:
         settings: LoadSettings,
         *,
         after_connect: Any = None,
+        into: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Connect everything, run the load, return the figures with the
-        servers' CPU and memory over the run."""
+        """Connect everything, run the load, return the figures; they and the
+        servers' CPU and memory over the run go into ``into`` (this
+        scenario's record by default)."""
+        record = self.record if into is None else into
         run = LoadRun(clients, readers, settings, workers=self.sizes.workers)
         connect_began = time.monotonic()
         run.launch()
@@ -258,8 +261,8 @@ class ScenarioRun:
             connecting = self.monitor(run)
             connecting.start()
             run.wait_ready(timeout=self.sizes.connect_phase_limit + 60)
-            self.record["connect_usage"] = connecting.stop()
-            self.record["connect_phase_s"] = round(time.monotonic() - connect_began, 2)
+            record["connect_usage"] = connecting.stop()
+            record["connect_phase_s"] = round(time.monotonic() - connect_began, 2)
             if after_connect is not None:
                 after_connect()
             monitor = self.monitor(run)
@@ -272,10 +275,10 @@ class ScenarioRun:
         finally:
             run.shutdown()
         figures = aggregate(run)
-        self.record["figures"] = figures
-        self.record["usage"] = usage
-        self.record["settings"] = asdict(settings)
-        summarize_usage(self.record)
+        record["figures"] = figures
+        record["usage"] = usage
+        record["settings"] = asdict(settings)
+        summarize_usage(record)
         return figures
 
     def monitor(self, run: LoadRun) -> ProcessMonitor:
@@ -381,15 +384,18 @@ class ScenarioRun:
             self.target, population, population.chats, senders=set(range(sizes.chats)), heartbeat=False, typing=False
         )
 
+    def fanout_shape(self) -> dict[str, Any]:
+        """The params every fan-out scenario records: its chats and messages."""
+        sizes = self.sizes
+        return {"chats": sizes.chats, "members": sizes.members, "senders": sizes.chats, "body_chars": sizes.body_chars}
+
     def fanout(self, mode: str) -> None:
         sizes = self.sizes
         basis = self.rate_basis() if mode == "rate" else None
         rate = basis["rate_per_sender"] if basis is not None else sizes.rate
         clients = self.fanout_clients()
         self.record["params"] = {
-            "chats": sizes.chats,
-            "members": sizes.members,
-            "senders": sizes.chats,
+            **self.fanout_shape(),
             "mode": mode,
             "window": sizes.window if mode == "flood" else None,
             "rate_per_sender": round(rate, 3) if basis is not None else None,
@@ -398,7 +404,6 @@ class ScenarioRun:
             "fraction_of_saturation": basis["fraction_of_saturation"] if basis is not None else None,
             "rate_basis": basis,
             "duration_s": sizes.duration,
-            "body_chars": sizes.body_chars,
         }
         self.drive(clients, [], self.settings(mode, sizes.duration, rate=rate))
 
@@ -421,13 +426,10 @@ class ScenarioRun:
         flood_cost = flood.get("system_cpu_per_1k_deliveries_s") if flood is not None else None
         clients = self.fanout_clients()
         self.record["params"] = {
-            "chats": sizes.chats,
-            "members": sizes.members,
-            "senders": sizes.chats,
+            **self.fanout_shape(),
             "fractions": fractions,
             "duration_s": sizes.curve_duration,
             "p99_limit_ms": sizes.curve_p99_ms,
-            "body_chars": sizes.body_chars,
             "flood_system_cpu_per_1k_deliveries_s": flood_cost,
         }
         points: list[dict[str, Any]] = []
@@ -436,15 +438,12 @@ class ScenarioRun:
             basis = self.rate_basis(fraction)
             if basis["source"] != "fanout_flood":
                 raise RuntimeError(f"fanout_curve needs this target's flood figure: {basis['reason']}")
-            before = set(self.record)
             # A tag per point: client_msg_ids reused from an earlier point would be acked as retries.
             settings = self.settings(
                 "rate", sizes.curve_duration, rate=basis["rate_per_sender"], run_tag=f"{self.tag}p{index}"
             )
-            self.drive(clients, [], settings)
-            # What drive() recorded belongs to this point, not to the scenario.
-            run = {key: self.record.pop(key) for key in set(self.record) - before}
-            figures = run["figures"]
+            run: dict[str, Any] = {}
+            figures = self.drive(clients, [], settings, into=run)
             latency = figures.get("latency", {})
             cost = run.get("system_cpu_per_1k_deliveries_s")
             points.append(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "scripts" / "services" / "lib.sh"
 
@@ -55,22 +57,18 @@ def test_a_start_that_failed_on_unreadable_sstables_is_not_blamed_on_memory(tmp_
     assert str(tmp_path / "var" / "services" / "cassandra" / "data") in said
 
 
-def test_a_heap_exhausted_during_the_start_is_reported_as_such(tmp_path: Path) -> None:
-    said = _explain(
-        tmp_path,
-        written_before_start="",
-        written_by_start=JVM_ARGUMENTS_LINE + "Terminating due to java.lang.OutOfMemoryError: Java heap space\n",
-    )
-    assert "the JVM ran out of heap" in said
-
-
-def test_memory_failures_of_other_kinds_are_reported_as_out_of_memory(tmp_path: Path) -> None:
-    said = _explain(
-        tmp_path,
-        written_before_start="",
-        written_by_start=JVM_ARGUMENTS_LINE + "java.lang.OutOfMemoryError: unable to create native thread\n",
-    )
-    assert "out of memory" in said
+@pytest.mark.parametrize(
+    ("thrown", "explanation"),
+    [
+        # A heap exhausted during the start is reported as such.
+        ("Terminating due to java.lang.OutOfMemoryError: Java heap space", "the JVM ran out of heap"),
+        # Memory failures of other kinds are reported as out of memory.
+        ("java.lang.OutOfMemoryError: unable to create native thread", "out of memory"),
+    ],
+)
+def test_a_memory_failure_during_the_start_is_named(tmp_path: Path, thrown: str, explanation: str) -> None:
+    said = _explain(tmp_path, written_before_start="", written_by_start=JVM_ARGUMENTS_LINE + thrown + "\n")
+    assert explanation in said
 
 
 def test_only_what_this_start_wrote_is_read(tmp_path: Path) -> None:
