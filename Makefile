@@ -26,7 +26,7 @@ migrate: venv
 run: migrate
 	@if [ ! -f var/.demo-seeded ]; then $(PY) manage.py seed_demo && touch var/.demo-seeded; fi
 	@echo "==> serving on http://$(HOST):$(PORT)/  (demo logins: alice, bob, carol / chat-demo-2026)"
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	$(PY) manage.py chatserver --host $(HOST) --port $(PORT)
 
 # The real engines: Kafka, Cassandra, Redis, PostgreSQL (see docs/services.md).
 services-up:

@@ -2,7 +2,7 @@
 
 - ``raw``: ``bench.baselines.raw_relay``, one asyncio process.
 - ``channels``: ``bench.baselines.channels_tutorial`` on one daphne, channels-redis.
-- ``embedded``: this project's default (``CHAT_MODE=embedded``), one daphne.
+- ``embedded``: this project's default (``CHAT_MODE=embedded``), one chat server (daphne), as ``make run`` serves it.
 - ``full``: this project's full pipeline (``chatsite.topology``): two chat
   servers, two Kafka dispatchers, one notification worker, on the real Kafka,
   Cassandra, Redis and PostgreSQL of ``scripts/services/services.sh``.
@@ -451,7 +451,7 @@ class _ProjectTarget(Target):
 
 class EmbeddedTarget(_ProjectTarget, _SingleProcessTarget):
     name = "embedded"
-    description = "this project, CHAT_MODE=embedded: one daphne, SQLite, in-process bus, in-memory layer"
+    description = "this project, CHAT_MODE=embedded: one chat server (daphne), SQLite, in-process bus, in-memory layer"
 
     def prepare(self) -> None:
         super().prepare()
@@ -478,7 +478,8 @@ class EmbeddedTarget(_ProjectTarget, _SingleProcessTarget):
         self.env = self.base_env(database)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
+        # What `make run` runs: manage.py picks the event loop before daphne starts.
+        return [sys.executable, "manage.py", "chatserver", "--host", "127.0.0.1", "--port", str(self.port)]
 
     def environment(self) -> dict[str, str]:
         return self.env

@@ -30,6 +30,7 @@ from django.conf import settings
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from chatsite.event_loop import loop_kind, new_event_loop
 from messaging.dispatcher import dispatch_messages
 from messaging.types import Message
 
@@ -45,6 +46,7 @@ class KafkaDispatcher:
         self.failures = 0
         self.assigned: list[str] = []
         self.commits = 0
+        self.event_loop: str | None = None
         # Batches delivered since the last commit, and when that commit went out.
         self._uncommitted = 0
         self._last_commit = time.monotonic()
@@ -66,6 +68,7 @@ class KafkaDispatcher:
             "failures": self.failures,
             "commits": self.commits,
             "assigned": self.assigned,
+            "event_loop": self.event_loop,
         }
 
     def _consumer(self) -> KafkaConsumer:
@@ -87,7 +90,9 @@ class KafkaDispatcher:
     def _run(self) -> None:
         # One event loop for this thread's whole life: the channel layer and
         # Redis pools it opens stay usable from batch to batch.
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
+        self.event_loop = loop_kind(loop)
+        logger.info("dispatcher consuming %s (event loop: %s)", settings.CHAT_KAFKA_TOPIC, self.event_loop)
         consumer: KafkaConsumer | None = None
         try:
             while not self._stop.is_set():

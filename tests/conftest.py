@@ -32,7 +32,8 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
 
 @pytest.fixture(scope="session")
 def live_server_embedded() -> Iterator[LiveServer]:
-    """A real daphne serving the embedded default on a free port."""
+    """A real chat server (daphne) serving the embedded default on a free
+    port, started the way `make run` starts it."""
     workdir = Path(tempfile.mkdtemp(prefix="chat-live-"))
     env = dict(
         os.environ,
@@ -49,7 +50,7 @@ def live_server_embedded() -> Iterator[LiveServer]:
     log = workdir / "daphne.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+            [sys.executable, "manage.py", "chatserver", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=log_file,

@@ -170,7 +170,7 @@ def test_a_run_stopped_with_sigterm_stops_its_servers_and_writes_what_it_has(tmp
                 servers = [
                     child
                     for child in psutil.Process(run.pid).children(recursive=True)
-                    if "daphne" in " ".join(child.cmdline())
+                    if "chatserver" in child.cmdline()
                 ]
         assert servers, "the embedded server never started"
         run.send_signal(signal.SIGTERM)

@@ -302,6 +302,7 @@ def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: F
     dispatchers = {name: info["kafka_dispatcher"] for name, info in stats.items() if name.startswith("dispatcher")}
     assert len(dispatchers) == 2, stats.keys()
     assert all(info["running"] for info in dispatchers.values())
+    assert [info["event_loop"] for info in dispatchers.values()] == ["uvloop", "uvloop"]
     topic = full_stack.env["CHAT_KAFKA_TOPIC"]
     every_partition = sorted(f"{topic}-{n}" for n in range(6))
 

@@ -18,6 +18,7 @@ import contextlib
 import signal
 
 import orjson
+import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench.common import raise_nofile_limit
@@ -69,7 +70,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     options = parser.parse_args()
     raise_nofile_limit()
-    asyncio.run(serve_forever(options.host, options.port))
+    # The ceiling on the same event loop as this project's servers (uvloop).
+    uvloop.run(serve_forever(options.host, options.port))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import logging
 import threading
 from typing import Any
 
-from daphne.server import Server
+from daphne.server import Server, twisted_loop
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from chatsite.event_loop import loop_kind
 from presence.local import LocalConnections
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ class Command(BaseCommand):
                 target=_heartbeat_loop, args=(settings.CHAT_SERVER_ID, ws_url, stop), daemon=True
             )
             heartbeat.start()
-        self.stdout.write(f"chat server {settings.CHAT_SERVER_ID} serving {ws_url} ({settings.CHAT_MODE} mode)")
+        self.stdout.write(
+            f"chat server {settings.CHAT_SERVER_ID} serving {ws_url}"
+            f" ({settings.CHAT_MODE} mode, event loop: {loop_kind(twisted_loop)})"
+        )
         try:
             Server(
                 application=application,
