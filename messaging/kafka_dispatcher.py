@@ -31,6 +31,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from chatsite.event_loop import loop_kind, new_event_loop
+from messaging.backends import warm_up_backends
 from messaging.dispatcher import dispatch_messages
 from messaging.types import Message
 
@@ -93,6 +94,8 @@ class KafkaDispatcher:
         loop = new_event_loop()
         self.event_loop = loop_kind(loop)
         logger.info("dispatcher consuming %s (event loop: %s)", settings.CHAT_KAFKA_TOPIC, self.event_loop)
+        # The store, before the first batch needs it; the dispatcher publishes nothing.
+        warm_up_backends(("message_store",))
         consumer: KafkaConsumer | None = None
         try:
             while not self._stop.is_set():

@@ -19,9 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
+from chatsite.topology import free_port
+from messaging.backends import reset_backends, warm_up_backends
 from messaging.backends.base import Claim
 from messaging.backends.cassandra_store import CassandraMessageStore, close_sessions
 from messaging.backends.orm_store import OrmMessageStore
@@ -500,3 +503,34 @@ def test_store_reconnects_after_sessions_are_closed(store: CassandraMessageStore
     store.save_messages([stored])
     close_sessions()
     assert store.get_message(chat_id=chat_id, message_id=stored.message_id) == stored
+
+
+def test_warm_up_connects_before_the_first_read_needs_it() -> None:
+    close_sessions()
+    store = make_store()
+    store.warm_up()
+    # Connected, and the statements of a send's binding read and of both
+    # kinds of history page are prepared.
+    session = store._session
+    assert session is not None and not session.is_shutdown
+    prepared = list(store._statements)
+    claims, buckets = f"FROM {KEYSPACE}.client_message_claims", f"FROM {KEYSPACE}.chat_buckets"
+    for part in (claims, "AND message_id < ? LIMIT ?", buckets):
+        assert any(part in cql for cql in prepared), (part, prepared)
+    chat_id = new_chat_id()
+    store.save_messages([message(chat_id, new_message_id(), body="m1")])
+    assert [m.body for m in store.history(chat_id=chat_id, limit=5)] == ["m1"]
+    assert store._session is session
+
+
+def test_a_store_that_cannot_connect_at_start_is_reported_not_raised() -> None:
+    unreachable = free_port()
+    backends = {**settings.CHAT_BACKENDS, "message_store": "messaging.backends.cassandra_store.CassandraMessageStore"}
+    with override_settings(CHAT_CASSANDRA_PORT=unreachable, CHAT_BACKENDS=backends):
+        reset_backends()
+        try:
+            outcomes = warm_up_backends(("message_store",))
+        finally:
+            reset_backends()
+    assert list(outcomes) == ["message_store"]
+    assert outcomes["message_store"].startswith("failed: NoHostAvailable"), outcomes

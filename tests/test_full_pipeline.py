@@ -294,6 +294,22 @@ def test_dispatchers_commit_on_an_interval_and_once_idle(full_stack: FullStack, 
         admin.close()
 
 
+def test_every_server_connects_its_backends_at_start(full_stack: FullStack) -> None:
+    # The chat servers warm up the store and the bus; the dispatchers only
+    # the store, since they publish nothing.
+    for name, roles in [
+        ("chatserver-1", ["message_store", "message_bus"]),
+        ("chatserver-2", ["message_store", "message_bus"]),
+        ("dispatcher-1", ["message_store"]),
+        ("dispatcher-2", ["message_store"]),
+    ]:
+        log = full_stack.topology.log_path(name).read_text()
+        (line,) = [line for line in log.splitlines() if "backends warmed up:" in line]
+        reported = line.split("backends warmed up: ", 1)[1].split(", ")
+        assert [entry.split(" ready in ")[0] for entry in reported] == roles, line
+        assert all(entry.endswith(" ms") for entry in reported), line
+
+
 def test_dispatchers_report_their_consumers_through_celery_inspect(full_stack: FullStack) -> None:
     from celery import Celery
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -9,6 +12,8 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from messaging.backends.base import ClaimRegistry, MessageBus, MessageStore
+
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -38,3 +43,34 @@ def backend(role: str) -> Any:
 def reset_backends() -> None:
     """Forget the chosen backends (tests that change settings call this)."""
     _backend.cache_clear()
+
+
+def warm_up_backends(roles: tuple[str, ...] = ("message_store", "message_bus")) -> dict[str, str]:
+    """Connect these backends now instead of on the first request that needs
+    them (a Cassandra session takes a few hundred milliseconds to open).
+    A backend that cannot connect is logged and left to connect on first
+    use, so a server still starts while one is down. Returns, per role,
+    how long it took or why it failed."""
+    outcomes: dict[str, str] = {}
+    for role in roles:
+        began = time.perf_counter()
+        try:
+            _backend(role).warm_up()
+        except Exception as exc:
+            logger.warning("%s not ready at start (%r); it connects on first use", role, exc)
+            outcomes[role] = f"failed: {exc!r}"
+        else:
+            outcomes[role] = f"ready in {(time.perf_counter() - began) * 1000:.0f} ms"
+    logger.info("backends warmed up: %s", ", ".join(f"{role} {outcome}" for role, outcome in outcomes.items()))
+    return outcomes
+
+
+def warm_up_backends_in_background(roles: tuple[str, ...] = ("message_store", "message_bus")) -> threading.Thread:
+    """``warm_up_backends`` on a thread of its own, so a server listens at
+    once. The backends are made here first: a request arriving meanwhile
+    waits for the same connection instead of opening a second one."""
+    for role in roles:
+        _backend(role)
+    thread = threading.Thread(target=warm_up_backends, args=(roles,), name="backend-warm-up", daemon=True)
+    thread.start()
+    return thread

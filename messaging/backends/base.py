@@ -24,6 +24,11 @@ class MessageStore(Protocol):
     """Durable history. Every method but ``find_claim`` is synchronous (run it
     off the event loop)."""
 
+    def warm_up(self) -> None:
+        """Connect, and prepare what a send and a history page use, so the
+        first of them after a start pays nothing extra. May raise; the store
+        still connects on first use."""
+
     async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
         """The binding of a stored message's (sender, client_msg_id), if any.
         Every send asks, so it is async and cheap (a key lookup)."""
@@ -57,6 +62,9 @@ class MessageStore(Protocol):
 
 class MessageBus(Protocol):
     """Where the gateway hands accepted messages to the dispatchers."""
+
+    def warm_up(self) -> None:
+        """Connect now rather than on the first publish. Blocking; may raise."""
 
     async def publish(self, message: Message) -> None:
         """Return once the bus has durably accepted the message (keyed by

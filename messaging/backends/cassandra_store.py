@@ -329,6 +329,13 @@ class CassandraMessageStore:
             self._session, self._session_pid = session, os.getpid()
         return session
 
+    def warm_up(self) -> None:
+        # Each call connects if need be and prepares its statements; chat 0
+        # does not exist, so the reads come back empty and cost little.
+        self._find_claim(0, "")
+        self.history(chat_id=0, limit=1, before=uuid.uuid1())
+        self.history(chat_id=0, limit=1)
+
     def sync_schema(self) -> None:
         _ensure_schema_on(self.session, self.config, force=True)
         # A recreated table has lost its chat_buckets rows.

@@ -29,6 +29,10 @@ class InProcessMessageBus:
     def __init__(self) -> None:
         self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = weakref.WeakKeyDictionary()
 
+    def warm_up(self) -> None:
+        # Nothing to connect: each event loop gets its lane on its first publish.
+        pass
+
     async def publish(self, message: Message) -> None:
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(loop)

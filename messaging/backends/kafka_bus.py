@@ -49,6 +49,9 @@ class KafkaMessageBus:
                     raise Unavailable("the message bus is unavailable; retry with the same client_msg_id") from exc
             return self._producer
 
+    def warm_up(self) -> None:
+        self.producer()
+
     def _connect(self) -> KafkaProducer:
         producer = self._new_producer()
         try:

@@ -63,6 +63,11 @@ def _row_to_message(row: Sequence[Any]) -> Message:
 
 
 class OrmMessageStore:
+    def warm_up(self) -> None:
+        # Each I/O-pool thread opens its own database connection on its first
+        # query; a SQLite or PostgreSQL connection takes milliseconds.
+        pass
+
     async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
         return await off_loop(self._find_claim)(sender_id=sender_id, client_msg_id=client_msg_id)
 

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from chatsite.event_loop import loop_kind
+from messaging.backends import warm_up_backends_in_background
 from presence.local import LocalConnections
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ class Command(BaseCommand):
         from chatsite.asgi import application
 
         ws_url = options["public_ws_url"] or f"ws://{options['host']}:{options['port']}/ws/chat/"
+        # The store and the bus connect while daphne starts listening, not
+        # during the first send or history page.
+        warm_up_backends_in_background()
         stop = threading.Event()
         heartbeat = None
         if settings.CHAT_MODE == "full":
