@@ -30,6 +30,18 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
     raise RuntimeError(f"server did not listen on {port} within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def start_chat_server(*, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``manage.py chatserver`` on 127.0.0.1:port, its output in ``log``."""
+    with log.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "chatserver", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture(scope="session")
 def live_server_embedded() -> Iterator[LiveServer]:
     """A real chat server (daphne) serving the embedded default on a free
@@ -47,15 +59,8 @@ def live_server_embedded() -> Iterator[LiveServer]:
         [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True
     )
     port = free_port()
-    log = workdir / "daphne.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "chatserver", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    log = workdir / "chatserver.log"
+    process = start_chat_server(port=port, env=env, log=log)
     try:
         wait_for_port(port, process, log)
         yield LiveServer(base_url=f"http://127.0.0.1:{port}", log=log)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatsite.topology import free_port
-from tests.conftest import wait_for_port
+from tests.conftest import start_chat_server, wait_for_port
 from tests.helpers import LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,14 +45,7 @@ def test_the_standard_loop_can_be_chosen(tmp_path: Path) -> None:
         "CHAT_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
         "CHAT_EVENT_LOOP": "asyncio",
     }
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "chatserver", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_chat_server(port=port, env=env, log=log)
     try:
         wait_for_port(port, server, log)
         assert served_line(log).endswith("(embedded mode, event loop: asyncio)")
