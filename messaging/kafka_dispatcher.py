@@ -30,7 +30,7 @@ from django.conf import settings
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from chatsite.event_loop import loop_kind, new_event_loop
+from chatsite.event_loop import configured_event_loop, loop_kind, new_event_loop
 from messaging.backends import warm_up_backends
 from messaging.dispatcher import dispatch_messages
 from messaging.types import Message
@@ -53,6 +53,9 @@ class KafkaDispatcher:
         self._last_commit = time.monotonic()
 
     def start(self) -> None:
+        # A bad CHAT_EVENT_LOOP stops the worker starting this, rather than
+        # the thread below, which would leave a worker that dispatches nothing.
+        configured_event_loop()
         self._thread = threading.Thread(target=self._run, name="kafka-dispatcher", daemon=True)
         self._thread.start()
 

@@ -90,3 +90,31 @@ def test_the_dispatcher_loop_follows_the_setting() -> None:
         assert done.returncode == 0, done.stderr[-3000:]
         kinds[value] = done.stdout.strip()
     assert kinds == {"": "uvloop", "uvloop": "uvloop", "asyncio": "asyncio", " AsyncIO ": "asyncio"}
+
+
+def test_a_dispatcher_refuses_an_unknown_loop_before_its_thread_starts() -> None:
+    probe = "\n".join(
+        [
+            "import django",
+            "django.setup()",
+            "from chatsite.event_loop import EventLoopConfigError",
+            "from messaging.kafka_dispatcher import KafkaDispatcher",
+            "dispatcher = KafkaDispatcher()",
+            "try:",
+            "    dispatcher.start()",
+            "except EventLoopConfigError as exc:",
+            "    print('refused:', exc, '| thread:', dispatcher.info()['running'])",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "chatsite.settings", "CHAT_EVENT_LOOP": "tokio"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == (
+        "refused: CHAT_EVENT_LOOP must be one of uvloop, asyncio, not 'tokio' | thread: False"
+    )
