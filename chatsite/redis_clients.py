@@ -1,5 +1,6 @@
 """Redis clients, one pool per event loop (asyncio connections belong to the
-loop that opened them) and one for synchronous code."""
+loop that opened them) and one for synchronous code; and the lean client of
+the hot paths (chatsite.resp_client), one connection per event loop."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from chatsite.resp_client import RespClient
+
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+_resp_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, bool], RespClient]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def async_redis() -> aioredis.Redis:
@@ -38,3 +44,17 @@ def sync_redis() -> redis.Redis:
         socket_connect_timeout=settings.CHAT_REDIS_TIMEOUT_SECONDS,
         decode_responses=True,
     )
+
+
+def resp_redis(*, decode: bool = True) -> RespClient:
+    """The running loop's lean client of ``CHAT_REDIS_URL`` (text replies, or
+    bytes with ``decode=False``). Not for blocking commands: see ``resp_client``."""
+    loop = asyncio.get_running_loop()
+    clients = _resp_clients.setdefault(loop, {})
+    key = (settings.CHAT_REDIS_URL, decode)
+    client = clients.get(key)
+    if client is None:
+        timeout = settings.CHAT_REDIS_TIMEOUT_SECONDS
+        client = RespClient.from_url(settings.CHAT_REDIS_URL, timeout=timeout, decode=decode)
+        clients[key] = client
+    return client

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
-from chatsite.redis_clients import async_redis
+from chatsite.redis_clients import async_redis, resp_redis
+from chatsite.resp_client import Script
 from presence.registry import Connection
 
 
@@ -27,6 +28,21 @@ def _key(*parts: object) -> str:
 
 def _entry(connection: Connection, now: float) -> str:
     return f"{connection.server_id}|{now:.3f}"
+
+
+# Every user's device hash in one command: a dispatcher looks up all the
+# recipients of a batch at once, and a pipeline of one HGETALL per user cost
+# redis-py's per-command overhead for each of them.
+_DEVICES_OF = Script(
+    """
+local found = {}
+for i, key in ipairs(KEYS) do
+    found[i] = redis.call('HGETALL', key)
+end
+return found
+"""
+)
+_LOOKUP_KEYS_PER_CALL = 1000
 
 
 class RedisSessionRegistry:
@@ -58,13 +74,15 @@ class RedisSessionRegistry:
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        pipe = async_redis().pipeline(transaction=False)
-        for user_id in users:
-            pipe.hgetall(_key("devices", user_id))
+        keys = [_key("devices", user_id) for user_id in users]
+        replies: list[list[str]] = []
+        # Redis serves nothing else while a script runs: bound each call.
+        for start in range(0, len(keys), _LOOKUP_KEYS_PER_CALL):
+            replies += await resp_redis().run_script(_DEVICES_OF, keys[start : start + _LOOKUP_KEYS_PER_CALL])
         now = time.time()
         found: dict[int, list[Connection]] = {}
-        for user_id, devices in zip(users, await pipe.execute(), strict=True):
-            live = self._live(devices, now)
+        for user_id, flat in zip(users, replies, strict=True):
+            live = self._live(dict(zip(flat[::2], flat[1::2], strict=True)), now)
             if live:
                 found[user_id] = [
                     Connection(user_id=user_id, server_id=server_id, device_id=device_id)

@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -20,11 +21,20 @@ from chatsite.channel_layer import OneTripRedisChannelLayer
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture
-async def layers() -> AsyncIterator[tuple[OneTripRedisChannelLayer, RedisChannelLayer]]:
+def _host_by_parts() -> dict[str, object]:
+    parts = urlsplit(REDIS_URL)
+    return {"host": parts.hostname, "port": parts.port or 6379, "db": int(parts.path.strip("/") or 0)}
+
+
+# An ``address`` URL takes the lean client (chatsite.resp_client); a host given
+# by its parts keeps redis-py, through the same commands.
+@pytest.fixture(params=["address", "parts"])
+async def layers(request: pytest.FixtureRequest) -> AsyncIterator[tuple[OneTripRedisChannelLayer, RedisChannelLayer]]:
     prefix = f"layer-test-{uuid.uuid4().hex[:8]}:"
-    config = {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 5, "prefix": prefix}
+    host = {"address": REDIS_URL} if request.param == "address" else _host_by_parts()
+    config = {"hosts": [{**host, "socket_timeout": 30}], "capacity": 5, "prefix": prefix}
     ours, stock = OneTripRedisChannelLayer(**config), RedisChannelLayer(**config)
+    assert (ours._lean(0) is not None) == (request.param == "address")
     yield ours, stock
     await ours.close_pools()
     await stock.close_pools()

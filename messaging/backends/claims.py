@@ -13,7 +13,7 @@ import uuid
 from django.conf import settings
 
 from chatsite.recent import Recent
-from chatsite.redis_clients import async_redis
+from chatsite.redis_clients import resp_redis
 from messaging.backends.base import Claim
 
 
@@ -48,16 +48,17 @@ class RedisClaimRegistry:
         return f"{settings.CHAT_REDIS_PREFIX}:claim:{sender_id}:{client_msg_id}"
 
     async def claim(self, *, sender_id: int, client_msg_id: str, claim: Claim) -> Claim | None:
-        previous = await async_redis().set(
+        previous = await resp_redis().execute(
+            "SET",
             self._key(sender_id, client_msg_id),
             _encode(claim),
-            nx=True,
-            get=True,
-            ex=settings.CHAT_CLAIM_TTL_SECONDS,
+            "NX",
+            "GET",
+            "EX",
+            settings.CHAT_CLAIM_TTL_SECONDS,
         )
         if previous is None:
             return None
-        # decode_responses: the old value comes back as text.
         assert isinstance(previous, str)
         return _decode(previous)
 
