@@ -168,7 +168,7 @@ class RespClient:
         self.timeout = timeout
         self.decode = decode
         self._connection: _Connection | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, decode: bool = True) -> RespClient:
@@ -210,29 +210,31 @@ class RespClient:
             connection.abort(RedisConnectionError("the client was closed"))
 
     async def _connect(self) -> _Connection:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            # Concurrent first commands wait for one connection, not one each.
-            if self._connection is not None and not self._connection.closed:
-                return self._connection
-            loop = asyncio.get_running_loop()
-            connection = _Connection(decode=self.decode)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await loop.create_connection(
-                        lambda: connection, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None
-                    )
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
-            try:
-                if self.password is not None:
-                    credentials = [self.username, self.password] if self.username else [self.password]
-                    await connection.request(pack_command(["AUTH", *credentials]), self.timeout)
-                if self.db:
-                    await connection.request(pack_command(["SELECT", self.db]), self.timeout)
-            except BaseException:
-                connection.abort(RedisConnectionError("the Redis handshake failed"))
-                raise
-            self._connection = connection
-            return connection
+        # Callers that find no connection share one attempt and its outcome:
+        # with Redis unreachable, a hundred waiting sends fail together after
+        # one timeout, not one after the other.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = _Connection(decode=self.decode)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await loop.create_connection(
+                    lambda: connection, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None
+                )
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc!r}") from exc
+        try:
+            if self.password is not None:
+                credentials = [self.username, self.password] if self.username else [self.password]
+                await connection.request(pack_command(["AUTH", *credentials]), self.timeout)
+            if self.db:
+                await connection.request(pack_command(["SELECT", self.db]), self.timeout)
+        except BaseException:
+            connection.abort(RedisConnectionError("the Redis handshake failed"))
+            raise
+        self._connection = connection
+        return connection

@@ -137,6 +137,23 @@ def test_an_unreachable_redis_is_a_connection_error(on_loop: Callable[[Body], No
     on_loop(body)
 
 
+def test_callers_waiting_for_a_connection_share_one_attempt(on_loop: Callable[[Body], None]) -> None:
+    async def body(_client: RespClient) -> None:
+        # Accepts connections (the kernel does) and never answers: the handshake's SELECT times out.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(100)
+            port = silent.getsockname()[1]
+            lean = RespClient.from_url(f"redis://127.0.0.1:{port}/1", timeout=0.3)
+            began = time.monotonic()
+            outcomes = await asyncio.gather(*(lean.execute("PING") for _ in range(20)), return_exceptions=True)
+            assert all(isinstance(outcome, RedisTimeoutError) for outcome in outcomes)
+            # One attempt's timeout for all twenty, not twenty in a row.
+            assert time.monotonic() - began < 1.5
+
+    on_loop(body)
+
+
 def test_the_url_chooses_the_database_and_credentials_are_sent(on_loop: Callable[[Body], None]) -> None:
     async def body(client: RespClient) -> None:
         info = await client.execute("CLIENT", "INFO")
