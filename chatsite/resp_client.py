@@ -84,8 +84,8 @@ class _Connection(asyncio.Protocol):
         while True:
             try:
                 reply = self._reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.abort(RedisConnectionError(f"Redis sent something that is not RESP: {exc}"))
+            except Exception as exc:  # not RESP, or text that is not UTF-8: the stream cannot be trusted
+                self.abort(RedisConnectionError(f"Redis sent a reply that cannot be read: {exc!r}"))
                 return
             if reply is False:
                 return

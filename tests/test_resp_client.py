@@ -77,6 +77,19 @@ def test_an_error_reply_raises_and_the_connection_goes_on(on_loop: Callable[[Bod
     on_loop(body)
 
 
+def test_a_reply_that_is_not_utf8_text_fails_and_the_next_command_reconnects(
+    on_loop: Callable[[Body], None], key: str
+) -> None:
+    redis.Redis.from_url(REDIS_URL).set(key, b"\xff\xfe")
+
+    async def body(client: RespClient) -> None:
+        with pytest.raises(RedisConnectionError, match="cannot be read"):
+            await client.execute("GET", key)
+        assert await client.execute("STRLEN", key) == 2
+
+    on_loop(body)
+
+
 def test_concurrent_callers_each_get_their_own_reply(on_loop: Callable[[Body], None], key: str) -> None:
     async def body(client: RespClient) -> None:
         replies = await asyncio.gather(*(client.execute("HINCRBY", key, f"field-{n}", n) for n in range(300)))
