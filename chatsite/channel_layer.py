@@ -24,15 +24,14 @@ and so does a host configured by anything other than an ``address`` URL.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
+from chatsite.redis_clients import close_resp_redis, resp_redis
 from chatsite.resp_client import RespClient, Script
 
 # KEYS[1]: the channel's sorted set. ARGV: expired-before score, capacity,
@@ -51,31 +50,25 @@ return 1
 
 
 class OneTripRedisChannelLayer(RedisChannelLayer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Per event loop: (host index, for blocking reads) -> client.
-        self._lean_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, bool], RespClient]] = (
-            weakref.WeakKeyDictionary()
-        )
+    def _address(self, index: int) -> str | None:
+        """Host ``index``'s URL, or None when it is configured some other way
+        (it then keeps redis-py)."""
+        address = self.hosts[index].get("address")
+        if isinstance(address, str) and address.startswith(("redis://", "rediss://")):
+            return address
+        return None
 
     def _lean(self, index: int, *, blocking: bool = False) -> RespClient | None:
-        """The lean client of host ``index`` on the running loop, or None when
-        that host is not configured by an ``address`` URL."""
-        clients = self._lean_clients.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get((index, blocking))
-        if client is None:
-            address = self.hosts[index].get("address")
-            if not isinstance(address, str) or not address.startswith(("redis://", "rediss://")):
-                return None
-            client = RespClient.from_url(address, timeout=settings.CHAT_REDIS_TIMEOUT_SECONDS, decode=False)
-            clients[(index, blocking)] = client
-        return client
+        """The lean client of host ``index`` on the running loop, or None."""
+        address = self._address(index)
+        return resp_redis(url=address, decode=False, blocking=blocking) if address is not None else None
 
     async def close_pools(self) -> None:
         await super().close_pools()
-        clients = self._lean_clients.pop(asyncio.get_running_loop(), {})
-        for client in clients.values():
-            await client.close()
+        for index in range(self.ring_size):
+            address = self._address(index)
+            if address is not None:
+                await close_resp_redis(address)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         if "!" in channel:

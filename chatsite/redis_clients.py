@@ -15,7 +15,7 @@ from django.conf import settings
 from chatsite.resp_client import RespClient
 
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
-_resp_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, bool], RespClient]] = (
+_resp_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, bool, bool], RespClient]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -46,15 +46,24 @@ def sync_redis() -> redis.Redis:
     )
 
 
-def resp_redis(*, decode: bool = True) -> RespClient:
-    """The running loop's lean client of ``CHAT_REDIS_URL`` (text replies, or
-    bytes with ``decode=False``). Not for blocking commands: see ``resp_client``."""
+def resp_redis(*, url: str | None = None, decode: bool = True, blocking: bool = False) -> RespClient:
+    """The running loop's lean client of ``url`` (default ``CHAT_REDIS_URL``):
+    text replies, or bytes with ``decode=False``. Blocking commands hold their
+    connection while they wait, so they get a client of their own
+    (``blocking=True``)."""
     loop = asyncio.get_running_loop()
     clients = _resp_clients.setdefault(loop, {})
-    key = (settings.CHAT_REDIS_URL, decode)
+    address = url or settings.CHAT_REDIS_URL
+    key = (address, decode, blocking)
     client = clients.get(key)
     if client is None:
-        timeout = settings.CHAT_REDIS_TIMEOUT_SECONDS
-        client = RespClient.from_url(settings.CHAT_REDIS_URL, timeout=timeout, decode=decode)
+        client = RespClient.from_url(address, timeout=settings.CHAT_REDIS_TIMEOUT_SECONDS, decode=decode)
         clients[key] = client
     return client
+
+
+async def close_resp_redis(url: str) -> None:
+    """Close and forget the running loop's lean clients of ``url``."""
+    clients = _resp_clients.get(asyncio.get_running_loop(), {})
+    for key in [key for key in clients if key[0] == url]:
+        await clients.pop(key).close()
