@@ -45,7 +45,11 @@ def reset_backends() -> None:
     _backend.cache_clear()
 
 
-def warm_up_backends(roles: tuple[str, ...] = ("message_store", "message_bus")) -> dict[str, str]:
+# What a chat server connects at start: a send uses both.
+CHAT_SERVER_BACKENDS = ("message_store", "message_bus")
+
+
+def warm_up_backends(roles: tuple[str, ...] = CHAT_SERVER_BACKENDS) -> dict[str, str]:
     """Connect these backends now instead of on the first request that needs
     them (a Cassandra session takes a few hundred milliseconds to open).
     A backend that cannot connect is logged and left to connect on first
@@ -65,7 +69,7 @@ def warm_up_backends(roles: tuple[str, ...] = ("message_store", "message_bus")) 
     return outcomes
 
 
-def warm_up_backends_in_background(roles: tuple[str, ...] = ("message_store", "message_bus")) -> threading.Thread:
+def warm_up_backends_in_background(roles: tuple[str, ...] = CHAT_SERVER_BACKENDS) -> threading.Thread:
     """``warm_up_backends`` on a thread of its own, so a server listens at
     once. The backends are made here first: a request arriving meanwhile
     waits for the same connection instead of opening a second one."""
