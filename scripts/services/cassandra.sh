@@ -12,6 +12,8 @@
 #      CASSANDRA_JVM_OPTS (extra JVM flags), SERVICES_C1_ONLY (1 = C1 JIT only),
 #      CASSANDRA_DISK_ACCESS_MODE (mmap), CASSANDRA_FILE_CACHE (256MiB of
 #      decompressed chunks; 0 = off, Cassandra's default),
+#      CASSANDRA_TIMER_SLACK_US (500: how late the kernel may wake the JVM's
+#      timed sleeps; 0 = the kernel's default of 50, see docs/operations.md),
 #      CHAT_VAR_DIR, JAVA_HOME
 SVC_NAME=cassandra
 # shellcheck source=lib.sh
@@ -26,6 +28,7 @@ CASSANDRA_UNSAFE_SYSTEM="${CASSANDRA_UNSAFE_SYSTEM:-0}"
 CASSANDRA_JMX_PORT="${CASSANDRA_JMX_PORT:-}"
 CASSANDRA_DISK_ACCESS_MODE="${CASSANDRA_DISK_ACCESS_MODE:-mmap}"
 CASSANDRA_FILE_CACHE="${CASSANDRA_FILE_CACHE:-256MiB}"
+CASSANDRA_TIMER_SLACK_US="${CASSANDRA_TIMER_SLACK_US:-500}"
 
 HEAP_VAR=CASSANDRA_HEAP
 svc_dirs cassandra
@@ -193,7 +196,8 @@ java_cmd() {
 ready() { probe cql "$SERVICES_BIND" "$CASSANDRA_PORT"; }
 
 start() {
-  local pid rc start_ts version
+  local pid rc start_ts version slack_ns
+  slack_ns="$(timer_slack_ns CASSANDRA_TIMER_SLACK_US "$CASSANDRA_TIMER_SLACK_US")" || exit 1
   require_java 11 17
   require_python
   install
@@ -218,11 +222,14 @@ start() {
   write_config
   java_cmd
 
-  log "starting cassandra $CASSANDRA_VERSION on $SERVICES_BIND:$CASSANDRA_PORT (storage :$CASSANDRA_STORAGE_PORT, heap $CASSANDRA_HEAP$([[ "$CASSANDRA_UNSAFE_SYSTEM" == 1 ]] && echo ', unsafesystem'))"
+  log "starting cassandra $CASSANDRA_VERSION on $SERVICES_BIND:$CASSANDRA_PORT (storage :$CASSANDRA_STORAGE_PORT, heap $CASSANDRA_HEAP, timer slack ${CASSANDRA_TIMER_SLACK_US} us$([[ "$CASSANDRA_UNSAFE_SYSTEM" == 1 ]] && echo ', unsafesystem'))"
   start_ts="$(now)"
   cd "$SVC_DIR"
   printf '\n===== %s start =====\n' "$(date -Is)" >>"$OUT_FILE"
-  setsid nohup "${JAVA_CMD[@]}" >>"$OUT_FILE" 2>&1 </dev/null 9>&- &
+  # Idle worker threads of Cassandra's request pools poll for work in sleeps
+  # of 10 us to 1 ms while requests trickle in; a longer slack lets the
+  # kernel batch those wake-ups (docs/operations.md, "Cassandra's timer slack").
+  (set_timer_slack "$slack_ns"; exec setsid nohup "${JAVA_CMD[@]}" >>"$OUT_FILE" 2>&1 </dev/null 9>&-) &
   pid=$!
   echo "$pid" >"$SVC_PIDFILE"
   if ! wait_ready "$CASSANDRA_START_TIMEOUT" "$pid" ready "$LOG_FILE" "$OUT_FILE"; then

@@ -206,6 +206,30 @@ wait_port_closed() {
   done
 }
 
+# ---------------------------------------------------------------- timer slack
+# How late the kernel may fire a thread's timed sleep to batch wake-ups
+# (prctl(2) PR_SET_TIMERSLACK; Linux's default is 50 us). Threads inherit it
+# from the thread that made them, and a program from the shell that ran it.
+
+# timer_slack_ns NAME VALUE -> VALUE (whole microseconds; 0 = the kernel's
+# default) in nanoseconds; dies naming NAME on anything else.
+timer_slack_ns() {
+  local name="$1" value="$2"
+  [[ "$value" =~ ^[0-9]+$ ]] || die "$name must be a whole number of microseconds (0 = the kernel's default), not '$value'"
+  (( ${#value} <= 7 && 10#$value <= 1000000 )) || die "$name is at most 1000000 (1 s), not $value"
+  echo $(( 10#$value * 1000 ))
+}
+
+# set_timer_slack NS -> this shell's timer slack, which what it runs next
+# inherits (use in the subshell that execs the server). 0 leaves it alone.
+set_timer_slack() {
+  local ns="$1"
+  (( ns > 0 )) || return 0
+  # Without /proc/self/timerslack_ns (Linux < 4.6) the server runs with the kernel's default.
+  { echo "$ns" >/proc/self/timerslack_ns; } 2>/dev/null \
+    || warn "could not set the timer slack to $ns ns; starting with the kernel's default"
+}
+
 # ---------------------------------------------------------------- tools
 find_java() {
   if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
