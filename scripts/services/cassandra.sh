@@ -13,7 +13,7 @@
 #      CASSANDRA_DISK_ACCESS_MODE (mmap), CASSANDRA_FILE_CACHE (256MiB of
 #      decompressed chunks; 0 = off, Cassandra's default),
 #      CASSANDRA_TIMER_SLACK_US (500: how late the kernel may wake the JVM's
-#      timed sleeps; 0 = the kernel's default of 50, see docs/operations.md),
+#      timed sleeps; 0 = the kernel's default of 50, see docs/services.md),
 #      CHAT_VAR_DIR, JAVA_HOME
 SVC_NAME=cassandra
 # shellcheck source=lib.sh
@@ -228,7 +228,7 @@ start() {
   printf '\n===== %s start =====\n' "$(date -Is)" >>"$OUT_FILE"
   # Idle worker threads of Cassandra's request pools poll for work in sleeps
   # of 10 us to 1 ms while requests trickle in; a longer slack lets the
-  # kernel batch those wake-ups (docs/operations.md, "Cassandra's timer slack").
+  # kernel batch those wake-ups (docs/services.md, "Cassandra's timer slack").
   (set_timer_slack "$slack_ns"; exec setsid nohup "${JAVA_CMD[@]}" >>"$OUT_FILE" 2>&1 </dev/null 9>&-) &
   pid=$!
   echo "$pid" >"$SVC_PIDFILE"
