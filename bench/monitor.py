@@ -69,6 +69,16 @@ def high_water_rss(pid: int) -> int | None:
     return None
 
 
+def timer_slack_us(pid: int) -> float | None:
+    """How late the kernel may fire the process's timed sleeps (its main
+    thread's timer slack), or None where Linux does not say."""
+    try:
+        with open(f"/proc/{pid}/timerslack_ns") as slack:
+            return int(slack.read()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class _Watched:
     label: str
@@ -177,6 +187,7 @@ class ProcessMonitor:
                 "rss_peak_mb": round(item.rss_peak / MIB, 1),
                 "rss_high_water_mb": round(hwm / MIB, 1) if hwm is not None else None,
                 "fds_peak": item.fds_peak,
+                "timer_slack_us": timer_slack_us(item.pid),
                 "with_children": item.tree,
                 "rss_of_root_only": item.rss_root_only,
             }

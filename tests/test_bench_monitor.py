@@ -1,4 +1,5 @@
-"""The harness's process monitor: CPU of a watched tree includes its children."""
+"""The harness's process monitor: CPU of a watched tree includes its children,
+and each process's timer slack is reported."""
 
 from __future__ import annotations
 
@@ -46,3 +47,24 @@ def test_a_watched_tree_counts_its_childrens_cpu_and_a_root_alone_does_not(tmp_p
     assert burnt.exists()
     assert report["tree"]["cpu_s"] >= 0.55
     assert report["root"]["cpu_s"] < 0.3
+
+
+def test_the_monitor_reports_the_timer_slack_a_process_was_started_with() -> None:
+    # The shell sets its own slack, then becomes the sleeping process.
+    slow = subprocess.Popen(["bash", "-c", "echo 700000 > /proc/self/timerslack_ns; exec sleep 60"])
+    default = subprocess.Popen(["sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{slow.pid}/cmdline").read_bytes()[:5] != b"sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        monitor = ProcessMonitor(interval=0.1)
+        monitor.watch("infra", "slow", slow.pid)
+        monitor.watch("infra", "default", default.pid)
+        monitor.start()
+        report = monitor.stop()["processes"]
+    finally:
+        for process in (slow, default):
+            process.kill()
+            process.wait()
+    assert report["slow"]["timer_slack_us"] == 700.0
+    assert report["default"]["timer_slack_us"] != 700.0
