@@ -222,7 +222,7 @@ start() {
   write_config
   java_cmd
 
-  log "starting cassandra $CASSANDRA_VERSION on $SERVICES_BIND:$CASSANDRA_PORT (storage :$CASSANDRA_STORAGE_PORT, heap $CASSANDRA_HEAP, timer slack ${CASSANDRA_TIMER_SLACK_US} us$([[ "$CASSANDRA_UNSAFE_SYSTEM" == 1 ]] && echo ', unsafesystem'))"
+  log "starting cassandra $CASSANDRA_VERSION on $SERVICES_BIND:$CASSANDRA_PORT (storage :$CASSANDRA_STORAGE_PORT, heap $CASSANDRA_HEAP, $( (( slack_ns )) && echo "timer slack $CASSANDRA_TIMER_SLACK_US us" || echo "the kernel's timer slack")$([[ "$CASSANDRA_UNSAFE_SYSTEM" == 1 ]] && echo ', unsafesystem'))"
   start_ts="$(now)"
   cd "$SVC_DIR"
   printf '\n===== %s start =====\n' "$(date -Is)" >>"$OUT_FILE"
