@@ -23,26 +23,30 @@ JVM_ARGUMENTS_LINE = (
 )
 
 
+def _bash(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a bash that sourced lib.sh, with ``env`` beside a minimal environment."""
+    return subprocess.run(
+        ["bash", "-c", f'source "{LIB}"\n{script}'],
+        env={"PATH": "/usr/bin:/bin", "CHAT_VAR_DIR": str(tmp_path / "var"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def _explain(tmp_path: Path, *, written_before_start: str, written_by_start: str) -> str:
     """Run ``explain_failure`` over a log that held ``written_before_start``
     when the start began; return what it printed for the operator."""
     log = tmp_path / "system.log"
     log.write_text(written_before_start)
     script = (
-        f'source "{LIB}"\n'
         'SVC_DATA="$CHAT_VAR_DIR/services/cassandra/data"\n'
         f'mark_logs "{log}"\n'
         f'printf \'%s\' "$START_OUTPUT" >> "{log}"\n'
         f'explain_failure 1 "{log}"\n'
     )
-    done = subprocess.run(
-        ["bash", "-c", script],
-        env={"PATH": "/usr/bin:/bin", "CHAT_VAR_DIR": str(tmp_path / "var"), "START_OUTPUT": written_by_start},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = _bash(script, tmp_path, START_OUTPUT=written_by_start)
+    assert done.returncode == 0, done.stderr
     return done.stderr
 
 
@@ -82,16 +86,6 @@ def test_only_what_this_start_wrote_is_read(tmp_path: Path) -> None:
     assert "heap" not in said
     assert "out of memory" not in said
     assert "a port is already in use" in said
-
-
-def _bash(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-c", f'source "{LIB}"\n{script}'],
-        env={"PATH": "/usr/bin:/bin", "CHAT_VAR_DIR": str(tmp_path / "var")},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_a_server_started_after_set_timer_slack_runs_with_that_slack(tmp_path: Path) -> None:
