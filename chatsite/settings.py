@@ -254,7 +254,14 @@ CHAT_KAFKA_GROUP = env_str("CHAT_KAFKA_GROUP", "dispatchers")
 # partitions after this long; until then nobody delivers their messages.
 # kafka-python's default is 45 s. Heartbeats go every 3 s from their own thread.
 CHAT_KAFKA_SESSION_TIMEOUT_MS = env_int("CHAT_KAFKA_SESSION_TIMEOUT_MS", 10_000)
-CHAT_KAFKA_LINGER_MS = env_int("CHAT_KAFKA_LINGER_MS", 1)
+# A gateway that sends often enough to expect another message within this
+# window holds each send until the window ends, and the held sends go to Kafka
+# together; a quieter one sends at once. 0 turns it off.
+CHAT_KAFKA_COALESCE_MS = env_int("CHAT_KAFKA_COALESCE_MS", 25)
+# kafka-python's own batching delay. It has to outlast the back-to-back sends
+# of a released window on a busy server (about 1-3 ms), or they split into
+# several requests; 5 ms is also the Java producer's default since Kafka 4.0.
+CHAT_KAFKA_LINGER_MS = env_int("CHAT_KAFKA_LINGER_MS", 5)
 CHAT_KAFKA_MAX_BLOCK_MS = env_int("CHAT_KAFKA_MAX_BLOCK_MS", 3000)
 CHAT_KAFKA_REQUEST_TIMEOUT_MS = env_int("CHAT_KAFKA_REQUEST_TIMEOUT_MS", 5000)
 CHAT_KAFKA_RETRIES = env_int("CHAT_KAFKA_RETRIES", 5)
