@@ -70,7 +70,8 @@ class SendCoalescer:
         return self._rate * math.exp((self._rate_at - now) / self.RATE_HORIZON_S)
 
     def submit(self, send: Callable[[], None]) -> None:
-        """Call ``send`` now, or when the open window closes; ``send`` must not raise."""
+        """Call ``send`` now, or when the open window closes. ``send`` must not
+        raise: it reports its failure to its own publisher."""
         if self.window_s <= 0:
             send()
             return
@@ -183,6 +184,9 @@ class KafkaMessageBus:
                 refused = Unavailable("the message bus is unavailable; retry with the same client_msg_id")
                 refused.__cause__ = exc
                 accepted.set_exception(refused)
+                return
+            except Exception as exc:  # raised where publish() awaits, as before; the window's other sends still go
+                accepted.set_exception(exc)
                 return
             future.add_callback(resolve)
             future.add_errback(reject)
