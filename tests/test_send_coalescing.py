@@ -36,9 +36,11 @@ def topic() -> Iterator[str]:
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     try:
         admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-        with override_settings(CHAT_KAFKA_TOPIC=name):
-            yield name
-        admin.delete_topics([name], timeout_ms=30000)
+        try:
+            with override_settings(CHAT_KAFKA_TOPIC=name):
+                yield name
+        finally:
+            admin.delete_topics([name], timeout_ms=30000)
     finally:
         admin.close()
 
