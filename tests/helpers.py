@@ -36,6 +36,29 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{os.getpid()}x{next(_names)}"
 
 
+def kafka_records(topic: str, *, expected: int | None = None, timeout_ms: int = 3000) -> list[Any]:
+    """A topic's records from its start on the local broker: all of them
+    (until none comes for ``timeout_ms``), or the first ``expected``."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=["127.0.0.1:9092"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=timeout_ms,
+    )
+    try:
+        found: list[Any] = []
+        for record in consumer:
+            found.append(record)
+            if len(found) == expected:
+                break
+        return found
+    finally:
+        consumer.close()
+
+
 @dataclass
 class LiveServer:
     base_url: str

@@ -18,7 +18,7 @@ from cassandra.cluster import Cluster, Session
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from chatsite.topology import wait_for_consumer_group
-from tests.helpers import ApiClient, ChatSocket, FullStack
+from tests.helpers import ApiClient, ChatSocket, FullStack, kafka_records
 
 T = TypeVar("T")
 
@@ -59,20 +59,6 @@ def eventually(probe: Callable[[], T | None], timeout: float = 20.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r} after {timeout}s")
         time.sleep(0.2)
-
-
-def kafka_records(topic: str) -> list[Any]:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=["127.0.0.1:9092"],
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=3000,
-    )
-    try:
-        return list(consumer)
-    finally:
-        consumer.close()
 
 
 def bucket_of(message_id: str, bucket_seconds: int) -> int:

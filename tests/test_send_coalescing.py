@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 from django.test import override_settings
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from messaging.backends.kafka_bus import KafkaMessageBus
 from messaging.ids import new_message_id
 from messaging.types import Message
-from tests.helpers import ensure_services, unique_name
+from tests.helpers import ensure_services, kafka_records, unique_name
 
 BOOTSTRAP = ["127.0.0.1:9092"]
 # Wide enough that a held send and one sent at once cannot be mistaken for
@@ -68,22 +68,6 @@ async def publish_at(bus: KafkaMessageBus, label: str, calls: dict[str, float]) 
     await bus.publish(message(label))
 
 
-def records(topic: str, expected: int) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, consumer_timeout_ms=5000)
-    partition = TopicPartition(topic, 0)
-    consumer.assign([partition])
-    consumer.seek_to_beginning(partition)
-    try:
-        found: list[Any] = []
-        for record in consumer:
-            found.append(record)
-            if len(found) == expected:
-                break
-        return found
-    finally:
-        consumer.close()
-
-
 def held_seconds(found: list[Any], calls: dict[str, float]) -> dict[str, float]:
     """How long each message waited between publish() and the producer's send()."""
     return {label_of(record): record.timestamp / 1000 - calls[label_of(record)] for record in found}
@@ -102,7 +86,7 @@ async def test_a_quiet_gateway_sends_each_message_at_once(topic: str) -> None:
             await asyncio.sleep(1.2)  # under one send a second
     finally:
         bus.close()
-    found = records(topic, 3)
+    found = kafka_records(topic, expected=3, timeout_ms=5000)
     assert [label_of(record) for record in found] == ["quiet-0", "quiet-1", "quiet-2"]
     waits = held_seconds(found, calls)
     assert max(waits.values()) < WINDOW_MS / 1000 / 2, waits
@@ -120,7 +104,7 @@ async def test_a_busy_gateway_holds_sends_for_the_window_and_lets_them_go_togeth
         await asyncio.gather(*sends)
     finally:
         bus.close()
-    found = records(topic, len(labels))
+    found = kafka_records(topic, expected=len(labels), timeout_ms=5000)
     # Nothing lost, nothing reordered: one key, one partition, publish order.
     assert [label_of(record) for record in found] == labels
     waits = held_seconds(found, calls)
@@ -143,7 +127,7 @@ async def test_a_window_of_zero_sends_everything_at_once(topic: str) -> None:
         await asyncio.gather(*(publish_at(bus, label, calls) for label in labels))
     finally:
         bus.close()
-    found = records(topic, len(labels))
+    found = kafka_records(topic, expected=len(labels), timeout_ms=5000)
     assert sorted(label_of(record) for record in found) == labels
     waits = held_seconds(found, calls)
     assert max(waits.values()) < 0.25, waits
@@ -162,5 +146,5 @@ async def test_a_held_send_that_is_cancelled_is_not_published_and_the_rest_are(t
         bus.close()
     assert isinstance(results[4], asyncio.CancelledError)
     assert all(result is None for index, result in enumerate(results) if index != 4), results
-    found = records(topic, len(labels) - 1)
+    found = kafka_records(topic, expected=len(labels) - 1, timeout_ms=5000)
     assert [label_of(record) for record in found] == [label for label in labels if label != "cut-4"]
