@@ -34,6 +34,13 @@ def off_loop(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return wrapped
 
 
+def submit_blocking(fn: Callable[[], object]) -> None:
+    """Start ``fn()`` on the I/O pool without waiting for it: for blocking code
+    that reports back to the event loop by itself (``loop.call_soon_threadsafe``)
+    and must not raise."""
+    _io_pool().submit(fn)
+
+
 async def run_blocking(fn: Callable[..., R], *args: object) -> R:
     """``fn(*args)`` on the same I/O pool, for blocking calls that use no
     Django database (the Cassandra driver): no connection housekeeping, which

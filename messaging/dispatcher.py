@@ -26,7 +26,7 @@ async def dispatch_messages(messages: Sequence[Message]) -> None:
     # A failure of either is raised only once both are done: nothing is left
     # running when the caller rewinds the batch.
     saved, looked_up = await asyncio.gather(
-        off_loop(message_store().save_messages)(messages),
+        message_store().asave_messages(messages),
         _recipients({m.chat_id for m in messages}),
         return_exceptions=True,
     )

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 
+from chatsite.aio import off_loop
 from chatsite.recent import Recent
 from messaging.backends import message_store
 from messaging.errors import ChatNotFound, NotMember
@@ -120,7 +121,7 @@ def _activity_key(summary: ChatSummaryPayload, latest: dict[int, Message]) -> tu
     return (last.message_id.time if last else 0, summary["chat_id"])
 
 
-def message_history_for_member(
+async def message_history_for_member(
     *,
     user: User,
     chat_id: int,
@@ -128,8 +129,11 @@ def message_history_for_member(
     before: uuid.UUID | None = None,
     after: uuid.UUID | None = None,
 ) -> list[Message]:
-    _check_reader(user_id=user.pk, chat_id=chat_id)
-    return message_store().history(chat_id=chat_id, limit=limit, before=before, after=after)
+    """A page of the chat's history for one of its members. Awaited on the
+    event loop: a reader confirmed recently costs no database call."""
+    if not _recent_readers.get((user.pk, chat_id)):
+        await off_loop(_check_reader)(user_id=user.pk, chat_id=chat_id)
+    return await message_store().ahistory(chat_id=chat_id, limit=limit, before=before, after=after)
 
 
 # (user_id, chat_id) pairs whose membership was confirmed recently: a reader

@@ -8,7 +8,6 @@ from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from chatsite.aio import off_loop
 from chatsite.api import api_view, async_api_view, json_response, parse_json_body, request_user
 from messaging import selectors, services
 from messaging.errors import BadRequest, ChatError
@@ -64,7 +63,7 @@ def _limit_param(request: HttpRequest) -> int:
 
 @async_api_view(methods={"GET"})
 async def api_chat_messages(request: HttpRequest, chat_id: int) -> HttpResponse:
-    messages = await off_loop(selectors.message_history_for_member)(
+    messages = await selectors.message_history_for_member(
         user=request_user(request),
         chat_id=chat_id,
         limit=_limit_param(request),

@@ -324,6 +324,77 @@ def test_a_page_its_bounds_bucket_fills_takes_one_request() -> None:
         store.session.remove_request_init_listener(record)
 
 
+async def test_awaited_saves_and_pages_match_the_blocking_ones() -> None:
+    # asave_messages and ahistory answer on the event loop with no thread
+    # waiting; they must store and page exactly like their blocking twins.
+    store = make_store(bucket_seconds=60)
+    chat_id, sender_base = new_chat_id(), new_chat_id()
+    # Three busy minutes with empty minutes between them, and one batch large
+    # enough to be cut into several requests.
+    sent = [
+        message(chat_id, at(BASE_UNIX + minute * 60 + second), sender_id=sender_base + second % 12)
+        for minute in (0, 3, 4)
+        for second in range(0, 60, 2)
+    ]
+    await store.asave_messages(sent[:1])
+    await store.asave_messages(sent[1:])
+    await store.asave_messages([])  # nothing to send: it must not wait for an answer
+    for one in sent[::9]:
+        assert await store.find_claim(sender_id=one.sender_id, client_msg_id=one.client_msg_id) == Claim(
+            message_id=one.message_id, chat_id=chat_id
+        )
+
+    requests: list[Any] = []
+
+    def record(future: Any) -> None:
+        requests.append(future.query)
+
+    store.session.add_request_init_listener(record)
+    try:
+        # Deep in a busy minute: the cursor's bucket alone fills the page.
+        assert await store.ahistory(chat_id=chat_id, limit=5, before=sent[-1].message_id) == sent[-2:-7:-1]
+        assert len(requests) == 1
+    finally:
+        store.session.remove_request_init_listener(record)
+
+    in_order = [m.message_id for m in sent]
+    bounds: list[uuid.UUID | None] = [None, *in_order[::7], at(BASE_UNIX + 2 * 60), at(BASE_UNIX + 3600)]
+    for before, after in itertools.product(bounds, bounds):
+        for limit in (1, 6, 40, 200):
+            expected = store.history(chat_id=chat_id, limit=limit, before=before, after=after)
+            awaited = await store.ahistory(chat_id=chat_id, limit=limit, before=before, after=after)
+            assert awaited == expected, (before, after, limit)
+    assert await store.ahistory(chat_id=chat_id, limit=200) == sent[::-1]
+
+
+async def test_an_awaited_read_reports_the_drivers_failure() -> None:
+    # A single node cannot answer at consistency THREE: the node refuses the
+    # read when it runs it, and the error comes back through the driver's
+    # errback to the awaiting coroutine instead of leaving it waiting.
+    with override_settings(
+        CHAT_CASSANDRA_HOSTS=HOSTS,
+        CHAT_CASSANDRA_PORT=PORT,
+        CHAT_CASSANDRA_KEYSPACE=KEYSPACE,
+        CHAT_CASSANDRA_CONSISTENCY="THREE",
+    ):
+        demanding = CassandraMessageStore()
+    with pytest.raises(Exception, match="Cannot achieve consistency level THREE"):
+        await demanding.find_claim(sender_id=1, client_msg_id="needs three replicas")
+    # A keyspace without the tables: preparing the statement fails on the pool
+    # thread, and that error reaches the coroutine as well.
+    with override_settings(
+        CHAT_CASSANDRA_HOSTS=HOSTS,
+        CHAT_CASSANDRA_PORT=PORT,
+        CHAT_CASSANDRA_KEYSPACE="system",
+        CHAT_CASSANDRA_AUTO_SCHEMA=False,
+    ):
+        store = CassandraMessageStore()
+    with pytest.raises(Exception, match="table client_message_claims does not exist"):
+        await store.find_claim(sender_id=1, client_msg_id="nowhere")
+    with pytest.raises(Exception, match="table messages_by_chat does not exist"):
+        await store.ahistory(chat_id=1, limit=5, before=at(BASE_UNIX))
+
+
 def test_history_skips_years_of_empty_buckets_quickly() -> None:
     # One-second buckets: 25 years apart is ~790 million empty buckets.
     store = make_store(bucket_seconds=1)

@@ -229,7 +229,7 @@ async def test_copies_of_one_send_in_flight_and_a_late_retry_make_one_message() 
     await first.send_json_to(frame)
     assert (await next_of(first, "ack"))["message_id"] == acks[0]["message_id"]
     await message_bus().drain()  # type: ignore[attr-defined]
-    history = await database_sync_to_async(message_history_for_member)(user=alice, chat_id=chat.pk)
+    history = await message_history_for_member(user=alice, chat_id=chat.pk)
     assert [message.message_id for message in history] == [uuid.UUID(acks[0]["message_id"])]
     await first.disconnect()
     await second.disconnect()

@@ -21,8 +21,9 @@ class Claim(NamedTuple):
 
 
 class MessageStore(Protocol):
-    """Durable history. Every method but ``find_claim`` is synchronous (run it
-    off the event loop)."""
+    """Durable history. The methods without ``async`` are blocking (run them
+    off the event loop); the async ones are what the event loop awaits on the
+    hot paths."""
 
     def warm_up(self) -> None:
         """Connect, and prepare what a send and a history page use, so the
@@ -40,6 +41,9 @@ class MessageStore(Protocol):
         side by side), so whoever finds one looks the message up before
         treating it as stored."""
 
+    async def asave_messages(self, messages: Sequence[Message]) -> None:
+        """``save_messages``, awaited on the event loop (the dispatcher's path)."""
+
     def get_message(self, *, chat_id: int, message_id: uuid.UUID) -> Message | None: ...
 
     def history(
@@ -52,6 +56,16 @@ class MessageStore(Protocol):
     ) -> list[Message]:
         """Newest first. With ``after`` (and no ``before``) the ``limit`` messages
         right after it, so a client catching up walks forward without gaps."""
+
+    async def ahistory(
+        self,
+        *,
+        chat_id: int,
+        limit: int,
+        before: uuid.UUID | None = None,
+        after: uuid.UUID | None = None,
+    ) -> list[Message]:
+        """``history``, awaited on the event loop (the history API's path)."""
 
     def latest_messages(self, chat_ids: Sequence[int]) -> dict[int, Message]: ...
 

@@ -117,6 +117,19 @@ class OrmMessageStore:
         row = StoredMessage.objects.filter(chat_id=chat_id, message_id=message_id).first()
         return _to_message(row) if row else None
 
+    async def asave_messages(self, messages: Sequence[Message]) -> None:
+        await off_loop(self.save_messages)(messages)
+
+    async def ahistory(
+        self,
+        *,
+        chat_id: int,
+        limit: int,
+        before: uuid.UUID | None = None,
+        after: uuid.UUID | None = None,
+    ) -> list[Message]:
+        return await off_loop(self.history)(chat_id=chat_id, limit=limit, before=before, after=after)
+
     def history(
         self,
         *,
