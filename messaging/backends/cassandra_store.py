@@ -305,10 +305,10 @@ def _answers_on_loop(start: Callable[[], Sequence[Any]]) -> asyncio.Future[list[
 
     Sending is blocking driver code, so a pool thread does it; but no thread
     waits for the answers: the driver's I/O thread hands each one straight to
-    the loop. A pool thread parked in ``ResponseFuture.result()`` has to wake
-    and take the GIL back only to pass the answer on; without that hop a chat
-    server with eight history readers served 12-30% more pages
-    (docs/performance.md, fourteenth pass).
+    the loop. So a request in flight holds none of the pool's threads, which
+    the database calls share, however slowly Cassandra answers. (It saves a
+    thread wake-up per request as well, which did not show in the benchmark:
+    docs/performance.md, fourteenth pass.)
     """
     loop = asyncio.get_running_loop()
     answers: asyncio.Future[list[Any]] = loop.create_future()
@@ -331,17 +331,19 @@ def _answers_on_loop(start: Callable[[], Sequence[Any]]) -> asyncio.Future[list[
         pages: list[Any] = [None] * len(futures)
         waiting = len(futures)
 
+        def finish() -> None:
+            if not answers.done():  # failed already, or the caller gave up
+                answers.set_result(pages)
+
         def answered(index: int, page: Any) -> None:
             nonlocal waiting
-            if answers.done():
-                return
             pages[index] = page
             waiting -= 1
             if waiting == 0:
-                answers.set_result(pages)
+                finish()
 
         if not futures:
-            to_loop(answers.set_result, pages)
+            to_loop(finish)
             return
 
         def on_page(page: Any, index: int) -> None:
