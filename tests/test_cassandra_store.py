@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,21 @@ def partition_ids(store: CassandraMessageStore, chat_id: int, bucket: int) -> li
     return [row[0] for row in rows]
 
 
+@contextmanager
+def requests_sent(store: CassandraMessageStore) -> Iterator[list[Any]]:
+    """The queries of every request the store's session starts inside the block."""
+    requests: list[Any] = []
+
+    def record(future: Any) -> None:
+        requests.append(future.query)
+
+    store.session.add_request_init_listener(record)
+    try:
+        yield requests
+    finally:
+        store.session.remove_request_init_listener(record)
+
+
 def recorded_buckets(store: CassandraMessageStore, chat_id: int) -> list[int]:
     rows = store.session.execute(f"SELECT bucket FROM {KEYSPACE}.chat_buckets WHERE chat_id = %s", (chat_id,))
     return [row[0] for row in rows]
@@ -175,11 +191,6 @@ async def test_a_large_mixed_batch_is_stored_whole_with_every_binding(store: Cas
 
 
 async def test_a_small_dispatch_is_one_request_with_its_bindings(store: CassandraMessageStore) -> None:
-    requests: list[Any] = []
-
-    def record(future: Any) -> None:
-        requests.append(future.query)
-
     chat_id, sender_base = new_chat_id(), new_chat_id()
     alone = [message(chat_id, new_message_id(), sender_id=sender_base)]
     # One message partition and six binding partitions: under the ten a batch may span.
@@ -187,8 +198,7 @@ async def test_a_small_dispatch_is_one_request_with_its_bindings(store: Cassandr
     # Eleven partitions: past that limit, so cut into several requests.
     many = [message(chat_id, new_message_id(), sender_id=sender_base + n) for n in range(10)]
     store.save_messages([message(chat_id, new_message_id())])  # the chat's bucket is recorded
-    store.session.add_request_init_listener(record)
-    try:
+    with requests_sent(store) as requests:
         store.save_messages(alone)
         assert len(requests) == 1
         requests.clear()
@@ -197,8 +207,6 @@ async def test_a_small_dispatch_is_one_request_with_its_bindings(store: Cassandr
         requests.clear()
         store.save_messages(many)
         assert len(requests) > 1
-    finally:
-        store.session.remove_request_init_listener(record)
     for sent in alone + several + many:
         assert store.get_message(chat_id=chat_id, message_id=sent.message_id) == sent
         assert await store.find_claim(sender_id=sent.sender_id, client_msg_id=sent.client_msg_id) == Claim(
@@ -301,13 +309,7 @@ def test_a_page_its_bounds_bucket_fills_takes_one_request() -> None:
     early = [message(chat_id, at(BASE_UNIX + second)) for second in range(10)]
     late = [message(chat_id, at(BASE_UNIX + 300 + second)) for second in range(10)]
     store.save_messages(early + late)
-    requests: list[Any] = []
-
-    def record(future: Any) -> None:
-        requests.append(future.query)
-
-    store.session.add_request_init_listener(record)
-    try:
+    with requests_sent(store) as requests:
         # Scrolling up or catching up deep inside a busy bucket: that bucket
         # alone answers, without listing the chat's buckets.
         assert store.history(chat_id=chat_id, limit=5, before=late[-1].message_id) == late[-2:-7:-1]
@@ -320,8 +322,6 @@ def test_a_page_its_bounds_bucket_fills_takes_one_request() -> None:
         assert store.history(chat_id=chat_id, limit=15, before=late[-1].message_id) == (early + late[:-1])[::-1][:15]
         assert store.history(chat_id=chat_id, limit=15, after=early[0].message_id) == (early[1:] + late)[:15][::-1]
         assert len(requests) > 2
-    finally:
-        store.session.remove_request_init_listener(record)
 
 
 async def test_awaited_saves_and_pages_match_the_blocking_ones() -> None:
@@ -344,18 +344,10 @@ async def test_awaited_saves_and_pages_match_the_blocking_ones() -> None:
             message_id=one.message_id, chat_id=chat_id
         )
 
-    requests: list[Any] = []
-
-    def record(future: Any) -> None:
-        requests.append(future.query)
-
-    store.session.add_request_init_listener(record)
-    try:
+    with requests_sent(store) as requests:
         # Deep in a busy minute: the cursor's bucket alone fills the page.
         assert await store.ahistory(chat_id=chat_id, limit=5, before=sent[-1].message_id) == sent[-2:-7:-1]
         assert len(requests) == 1
-    finally:
-        store.session.remove_request_init_listener(record)
 
     in_order = [m.message_id for m in sent]
     bounds: list[uuid.UUID | None] = [None, *in_order[::7], at(BASE_UNIX + 2 * 60), at(BASE_UNIX + 3600)]

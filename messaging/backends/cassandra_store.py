@@ -438,6 +438,18 @@ class CassandraMessageStore:
         for (bucket,) in self.session.execute(bound):
             yield int(bucket)
 
+    def _bucket_read_cql(self, columns: str, *, lower: bool, upper: bool, ascending: bool, limit: bool) -> str:
+        """One bucket's rows past the bounds asked for; its parameters are
+        chat_id, bucket, then each bound and the limit that is asked for."""
+        where = "chat_id = ? AND bucket = ?"
+        if lower:
+            where += " AND message_id > ?"
+        if upper:
+            where += " AND message_id < ?"
+        order = " ORDER BY message_id ASC" if ascending else ""
+        limit_clause = " LIMIT ?" if limit else ""
+        return f"SELECT {columns} FROM {self.config.keyspace}.messages_by_chat WHERE {where}{order}{limit_clause}"
+
     def _scan(
         self,
         chat_id: int,
@@ -450,15 +462,11 @@ class CassandraMessageStore:
         fetch_size: int | None = None,
     ) -> Iterator[Sequence[Any]]:
         """Rows strictly between the bounds in timeuuid order, bucket by bucket."""
-        ks = self.config.keyspace
-        where = "chat_id = ? AND bucket = ?"
-        if lower is not None:
-            where += " AND message_id > ?"
-        if upper is not None:
-            where += " AND message_id < ?"
-        order = " ORDER BY message_id ASC" if ascending else ""
-        limit_clause = " LIMIT ?" if limit is not None else ""
-        statement = self._prepare(f"SELECT {columns} FROM {ks}.messages_by_chat WHERE {where}{order}{limit_clause}")
+        statement = self._prepare(
+            self._bucket_read_cql(
+                columns, lower=lower is not None, upper=upper is not None, ascending=ascending, limit=limit is not None
+            )
+        )
         session = self.session
         produced = 0
 
@@ -678,10 +686,7 @@ class CassandraMessageStore:
         # blocking walk on the I/O pool, which reads that first bucket again.
         if before is not None and after is None and limit > 0:
             bucket = _clamp_bucket(self.bucket(before))
-            cql = (
-                f"SELECT {_MESSAGE_COLUMNS} FROM {self.config.keyspace}.messages_by_chat"
-                " WHERE chat_id = ? AND bucket = ? AND message_id < ? LIMIT ?"
-            )
+            cql = self._bucket_read_cql(_MESSAGE_COLUMNS, lower=False, upper=True, ascending=False, limit=True)
             # Preparing (the first time) and connecting block: on the pool too.
             (rows,) = await _answers_on_loop(
                 lambda: [self.session.execute_async(self._prepare(cql), (chat_id, bucket, before, limit))]
