@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -53,6 +53,7 @@ from django.conf import settings
 
 from chatsite.aio import run_blocking, submit_blocking
 from messaging.backends.base import Claim
+from messaging.backends.cql_reads import Decoder, LeanReadUnavailable, decoders_for, lean_client
 from messaging.ids import message_sort_key
 from messaging.types import Message
 
@@ -88,6 +89,9 @@ _COUNT_FETCH_MAX = 1000
 _BUCKET_FETCH_SIZE = 64
 _PARALLEL_BUCKETS = 8
 
+_CONNECT_TIMEOUT_SECONDS = 5.0
+_REQUEST_TIMEOUT_SECONDS = 10.0
+
 _KEYSPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _MESSAGE_COLUMNS = "message_id, chat_id, sender_id, sender, body, client_msg_id"
 
@@ -103,6 +107,7 @@ class CassandraConfig:
     consistency: str
     auto_schema: bool
     protocol_version: int
+    lean_reads: bool
 
     @classmethod
     def from_settings(cls, *, keyspace: str | None = None, bucket_seconds: int | None = None) -> CassandraConfig:
@@ -122,6 +127,7 @@ class CassandraConfig:
             consistency=str(getattr(settings, "CHAT_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")),
             auto_schema=bool(getattr(settings, "CHAT_CASSANDRA_AUTO_SCHEMA", True)),
             protocol_version=int(getattr(settings, "CHAT_CASSANDRA_PROTOCOL_VERSION", 4)),
+            lean_reads=bool(getattr(settings, "CHAT_CASSANDRA_LEAN_READS", True)),
         )
         # The keyspace is spliced into CQL text, so it must be a plain identifier.
         if not _KEYSPACE_NAME.match(config.keyspace):
@@ -170,13 +176,13 @@ def _session_for(config: CassandraConfig) -> Any:
             contact_points=list(config.hosts),
             port=config.port,
             protocol_version=config.protocol_version,
-            connect_timeout=5,
+            connect_timeout=_CONNECT_TIMEOUT_SECONDS,
             execution_profiles={
                 EXEC_PROFILE_DEFAULT: ExecutionProfile(
                     load_balancing_policy=balancing,
                     consistency_level=consistency,
                     row_factory=tuple_factory,
-                    request_timeout=10,
+                    request_timeout=_REQUEST_TIMEOUT_SECONDS,
                 ),
             },
         )
@@ -374,6 +380,8 @@ class CassandraMessageStore:
         self._session: Any = None
         self._session_pid = 0
         self._statements: dict[str, Any] = {}
+        # By CQL text: how the lean reads decode its rows (None: the driver reads it).
+        self._lean_decoders: dict[str, tuple[Decoder, ...] | None] = {}
         self._known_buckets: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     # -- plumbing
@@ -416,6 +424,53 @@ class CassandraMessageStore:
             with self._lock:
                 self._statements[cql] = statement
         return statement
+
+    async def _read_on_loop(self, cql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        """The rows of a one-page read of a prepared statement, awaited on the
+        event loop: sent by the loop itself (``cql_reads``) once the driver
+        has prepared the statement, through the driver otherwise, or when the
+        lean read cannot be done (no connection to the node, an error frame)."""
+        statement = self._statements.get(cql)
+        session = self._session
+        if (
+            self.config.lean_reads
+            and statement is not None
+            and session is not None
+            and self._session_pid == os.getpid()
+            and not session.is_shutdown
+        ):
+            try:
+                return await self._lean_read(session, cql, statement, params)
+            except LeanReadUnavailable as error:
+                logger.debug("lean read failed, reading through the driver: %s", error)
+        # Preparing (the first time) and connecting block: on the I/O pool.
+        (rows,) = await _answers_on_loop(lambda: [self.session.execute_async(self._prepare(cql), params)])
+        return cast(Sequence[Sequence[Any]], rows)
+
+    async def _lean_read(
+        self, session: Any, cql: str, statement: Any, params: tuple[Any, ...]
+    ) -> list[tuple[Any, ...]]:
+        if cql in self._lean_decoders:
+            decoders = self._lean_decoders[cql]
+        else:
+            decoders = self._lean_decoders[cql] = decoders_for(statement)
+        if decoders is None:
+            raise LeanReadUnavailable("the statement has a result column the lean reads do not decode")
+        bound = statement.bind(params)
+        # The node the driver would ask first: a replica, in the local data centre, up.
+        policy = session.cluster.profile_manager.default.load_balancing_policy
+        host = next(iter(policy.make_query_plan(self.config.keyspace, bound)), None)
+        if host is None:
+            raise LeanReadUnavailable("the driver knows no node that is up")
+        client = lean_client(connect_timeout=_CONNECT_TIMEOUT_SECONDS, request_timeout=_REQUEST_TIMEOUT_SECONDS)
+        return await client.rows(
+            (host.endpoint.address, host.endpoint.port),
+            query_id=statement.query_id,
+            query_text=statement.query_string,
+            values=bound.values,
+            consistency=ConsistencyLevel.name_to_value[self.config.consistency],
+            decoders=decoders,
+        )
 
     def bucket(self, message_id: uuid.UUID) -> int:
         return bucket_of(message_id, self.config.bucket_seconds)
@@ -549,22 +604,23 @@ class CassandraMessageStore:
     # -- MessageStore
 
     async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
-        # Sent from the I/O pool, not the event loop: the driver's execute_async
-        # takes locks its I/O thread holds, and calling it from the chat
-        # server's loop stalled every socket under load (a flood fell from
-        # about 1,000 to under 350 deliveries/s). Not asyncio's default
-        # executor either: its few threads (cores + 4) queued the sends of a
-        # busy server.
-        (rows,) = await _answers_on_loop(
-            lambda: [self.session.execute_async(self._claim_lookup(), (sender_id, client_msg_id))]
-        )
+        # Through the driver, this is sent from the I/O pool, not the event
+        # loop: the driver's execute_async takes locks its I/O thread holds,
+        # and calling it from the chat server's loop stalled every socket under
+        # load (a flood fell from about 1,000 to under 350 deliveries/s). Not
+        # asyncio's default executor either: its few threads (cores + 4)
+        # queued the sends of a busy server. The lean read needs neither.
+        rows = await self._read_on_loop(self._claim_lookup_cql(), (sender_id, client_msg_id))
         if not rows:
             return None
         message_id, chat_id = rows[0]
         return Claim(message_id=message_id, chat_id=int(chat_id))
 
     def _claim_lookup(self) -> Any:
-        return self._prepare(
+        return self._prepare(self._claim_lookup_cql())
+
+    def _claim_lookup_cql(self) -> str:
+        return (
             f"SELECT message_id, chat_id FROM {self.config.keyspace}.client_message_claims"
             " WHERE sender_id = ? AND client_msg_id = ?"
         )
@@ -687,10 +743,7 @@ class CassandraMessageStore:
         if before is not None and after is None and limit > 0:
             bucket = _clamp_bucket(self.bucket(before))
             cql = self._bucket_read_cql(_MESSAGE_COLUMNS, lower=False, upper=True, ascending=False, limit=True)
-            # Preparing (the first time) and connecting block: on the pool too.
-            (rows,) = await _answers_on_loop(
-                lambda: [self.session.execute_async(self._prepare(cql), (chat_id, bucket, before, limit))]
-            )
+            rows = await self._read_on_loop(cql, (chat_id, bucket, before, limit))
             if len(rows) >= limit:
                 return [_to_message(row) for row in rows[:limit]]
         return await run_blocking(lambda: self.history(chat_id=chat_id, limit=limit, before=before, after=after))
