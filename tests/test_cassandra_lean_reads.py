@@ -13,6 +13,7 @@ import asyncio
 import logging
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -63,6 +64,46 @@ async def test_reads_after_the_first_take_the_loops_own_connection() -> None:
         assert await store.find_claim(sender_id=sender_id, client_msg_id="still never sent") is None
         assert await store.ahistory(chat_id=chat_id, limit=10, before=sent[12].message_id) == sent[11:1:-1]
         assert requests == []
+
+
+async def test_every_page_walks_its_buckets_on_the_loop() -> None:
+    # The newest page (the current bucket guessed and read while the bucket
+    # list comes), pages that cross into older or newer buckets, and pages
+    # forward: once each statement is prepared, none goes through the driver.
+    store = make_store(bucket_seconds=60)
+    now = time.time()
+    active, quiet = new_chat_id(), new_chat_id()
+    old = [message(active, at(BASE_UNIX + minute * 60 + second)) for minute in (0, 2, 5) for second in range(0, 60, 6)]
+    recent = [message(active, at(now - 0.5, ticks=tick)) for tick in range(0, 30_000, 1_000)]
+    sent = old + recent
+    await store.asave_messages(sent)
+    await store.asave_messages(old_in_quiet := [message(quiet, at(BASE_UNIX + second)) for second in range(5)])
+
+    def pages() -> list[tuple[int, int, uuid.UUID | None, uuid.UUID | None]]:
+        return [
+            (active, 10, None, None),  # the guess holds the newest page
+            (active, 50, None, None),  # and the walk goes on past it
+            (quiet, 10, None, None),  # the guess is wrong: an old chat
+            (active, 15, sent[12].message_id, None),  # crosses into an older bucket
+            (active, 15, None, sent[3].message_id),  # forward, across buckets
+            (active, 8, sent[25].message_id, sent[2].message_id),
+        ]
+
+    for chat_id, limit, before, after in pages():  # prepares every statement
+        await store.ahistory(chat_id=chat_id, limit=limit, before=before, after=after)
+    with requests_sent(store) as requests:
+        awaited = [
+            await store.ahistory(chat_id=chat_id, limit=limit, before=before, after=after)
+            for chat_id, limit, before, after in pages()
+        ]
+        assert requests == []
+    assert awaited == [
+        store.history(chat_id=chat_id, limit=limit, before=before, after=after)
+        for chat_id, limit, before, after in pages()
+    ]
+    assert awaited[0] == recent[::-1][:10]
+    assert awaited[1] == sent[::-1][:50]
+    assert awaited[2] == old_in_quiet[::-1]
 
 
 async def test_with_lean_reads_off_every_read_goes_through_the_driver() -> None:

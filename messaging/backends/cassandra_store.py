@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, cast
@@ -51,7 +51,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, tuple_factory
 from django.conf import settings
 
-from chatsite.aio import run_blocking, submit_blocking
+from chatsite.aio import submit_blocking
 from messaging.backends.base import Claim
 from messaging.backends.cql_reads import Decoder, LeanReadUnavailable, decoders_for, lean_client
 from messaging.ids import message_sort_key
@@ -366,6 +366,20 @@ def _answers_on_loop(start: Callable[[], Sequence[Any]]) -> asyncio.Future[list[
     return answers
 
 
+async def _atake(items: AsyncIterator[int], count: int) -> AsyncIterator[int]:
+    """The next ``count`` items (fewer at the end)."""
+    for _ in range(count):
+        try:
+            yield await anext(items)
+        except StopAsyncIteration:
+            return
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _execute_all(session: Any, requests: Sequence[Any]) -> None:
     """Send every request at once, then wait for all; the first failure is raised."""
     futures = [session.execute_async(request) for request in requests]
@@ -477,21 +491,29 @@ class CassandraMessageStore:
 
     def _bucket_range(self, chat_id: int, *, low: int | None, high: int | None, ascending: bool) -> Iterator[int]:
         """The chat's non-empty buckets within [low, high], in walking order."""
-        ks = self.config.keyspace
-        where = "chat_id = ?"
         params: list[Any] = [chat_id]
         if low is not None:
-            where += " AND bucket >= ?"
             params.append(_clamp_bucket(low))
         if high is not None:
-            where += " AND bucket <= ?"
             params.append(_clamp_bucket(high))
-        order = " ORDER BY bucket ASC" if ascending else ""
-        bound = self._prepare(f"SELECT bucket FROM {ks}.chat_buckets WHERE {where}{order}").bind(params)
+        cql = self._bucket_list_cql(low=low is not None, high=high is not None, ascending=ascending, limit=False)
+        bound = self._prepare(cql).bind(params)
         # Pages are fetched lazily, so a short page never reads a long bucket list.
         bound.fetch_size = _BUCKET_FETCH_SIZE
         for (bucket,) in self.session.execute(bound):
             yield int(bucket)
+
+    def _bucket_list_cql(self, *, low: bool, high: bool, ascending: bool, limit: bool) -> str:
+        """The chat's buckets within the bounds asked for; its parameters are
+        chat_id, then each bound and the limit that is asked for."""
+        where = "chat_id = ?"
+        if low:
+            where += " AND bucket >= ?"
+        if high:
+            where += " AND bucket <= ?"
+        order = " ORDER BY bucket ASC" if ascending else ""
+        limit_clause = " LIMIT ?" if limit else ""
+        return f"SELECT bucket FROM {self.config.keyspace}.chat_buckets WHERE {where}{order}{limit_clause}"
 
     def _bucket_read_cql(self, columns: str, *, lower: bool, upper: bool, ascending: bool, limit: bool) -> str:
         """One bucket's rows past the bounds asked for; its parameters are
@@ -735,18 +757,94 @@ class CassandraMessageStore:
         before: uuid.UUID | None = None,
         after: uuid.UUID | None = None,
     ) -> list[Message]:
-        # A page below a cursor starts in the cursor's own bucket, and deep in
-        # a chat that bucket alone fills it: one request, whose answer comes to
-        # the loop with no thread waiting for it. Any other page (the newest,
-        # one walking forward, one that crosses into older buckets) is the
-        # blocking walk on the I/O pool, which reads that first bucket again.
-        if before is not None and after is None and limit > 0:
-            bucket = _clamp_bucket(self.bucket(before))
-            cql = self._bucket_read_cql(_MESSAGE_COLUMNS, lower=False, upper=True, ascending=False, limit=True)
-            rows = await self._read_on_loop(cql, (chat_id, bucket, before, limit))
+        # The same walk as history's (_scan), with every read awaited on the loop.
+        if limit <= 0:
+            return []
+        if before is not None and after is not None and message_sort_key(after) >= message_sort_key(before):
+            return []
+        ascending = after is not None and before is None
+        rows = await self._awalk(chat_id, lower=after, upper=before, ascending=ascending, limit=limit)
+        page = [_to_message(row) for row in rows]
+        if ascending:
+            page.reverse()
+        return page
+
+    async def _awalk(
+        self, chat_id: int, *, lower: uuid.UUID | None, upper: uuid.UUID | None, ascending: bool, limit: int
+    ) -> list[Sequence[Any]]:
+        """Up to ``limit`` message rows strictly between the bounds, in walking
+        order: ``_scan``'s walk, bucket by bucket, as reads on the event loop."""
+        cql = self._bucket_read_cql(
+            _MESSAGE_COLUMNS, lower=lower is not None, upper=upper is not None, ascending=ascending, limit=True
+        )
+        rows: list[Sequence[Any]] = []
+
+        def read(bucket: int) -> Awaitable[Sequence[Sequence[Any]]]:
+            params = (chat_id, bucket, *(bound for bound in (lower, upper) if bound is not None), limit - len(rows))
+            return self._read_on_loop(cql, params)
+
+        low = self.bucket(lower) if lower is not None else None
+        high = self.bucket(upper) if upper is not None else None
+        start = high if not ascending else low
+        guessed: asyncio.Future[Sequence[Sequence[Any]]] | None = None
+        guess: int | None = None
+        if start is not None:
+            first = _clamp_bucket(start)
+            rows += await read(first)
             if len(rows) >= limit:
-                return [_to_message(row) for row in rows[:limit]]
-        return await run_blocking(lambda: self.history(chat_id=chat_id, limit=limit, before=before, after=after))
+                return rows[:limit]
+            if ascending:
+                low = first + 1
+            else:
+                high = first - 1
+            if low is not None and high is not None and low > high:
+                return rows
+        elif not ascending:
+            guess = int(time.time()) // self.config.bucket_seconds
+            guessed = asyncio.ensure_future(read(guess))
+        buckets = self._abucket_range(chat_id, low=low, high=high, ascending=ascending)
+        try:
+            width = 1
+            while True:
+                group = [bucket async for bucket in _atake(buckets, width)]
+                if not group:
+                    return rows
+                reads: list[Awaitable[Sequence[Sequence[Any]]]] = []
+                for bucket in group:
+                    if guessed is not None and bucket == guess:
+                        reads.append(guessed)
+                    else:
+                        reads.append(read(bucket))
+                    guess = None
+                for answer in await asyncio.gather(*reads):
+                    rows += answer
+                if len(rows) >= limit:
+                    return rows[:limit]
+                width = min(width * 2, _PARALLEL_BUCKETS)
+        finally:
+            await buckets.aclose()
+            if guessed is not None:
+                # A wrong guess is never awaited: stop it, and collect its
+                # outcome so that a failure is not reported as never retrieved.
+                guessed.cancel()
+                guessed.add_done_callback(_ignore_outcome)
+
+    async def _abucket_range(
+        self, chat_id: int, *, low: int | None, high: int | None, ascending: bool
+    ) -> AsyncGenerator[int, None]:
+        """``_bucket_range`` read on the loop, ``_BUCKET_FETCH_SIZE`` buckets a request."""
+        while low is None or high is None or low <= high:
+            bounds = tuple(_clamp_bucket(bound) for bound in (low, high) if bound is not None)
+            cql = self._bucket_list_cql(low=low is not None, high=high is not None, ascending=ascending, limit=True)
+            listed = [int(row[0]) for row in await self._read_on_loop(cql, (chat_id, *bounds, _BUCKET_FETCH_SIZE))]
+            for bucket in listed:
+                yield bucket
+            if len(listed) < _BUCKET_FETCH_SIZE:
+                return
+            if ascending:
+                low = listed[-1] + 1
+            else:
+                high = listed[-1] - 1
 
     def history(
         self,
