@@ -573,12 +573,18 @@ def test_warm_up_connects_before_the_first_read_needs_it() -> None:
     store = make_store()
     store.warm_up()
     # Connected, and the statements of a send's binding read and of both
-    # kinds of history page are prepared.
+    # kinds of history page are prepared, the bucket lists of the awaited
+    # walk included (the event loop reads only prepared statements itself).
     session = store._session
     assert session is not None and not session.is_shutdown
     prepared = list(store._statements)
     claims, buckets = f"FROM {KEYSPACE}.client_message_claims", f"FROM {KEYSPACE}.chat_buckets"
-    for part in (claims, "AND message_id < ? LIMIT ?", buckets):
+    for part in (
+        claims,
+        "AND message_id < ? LIMIT ?",
+        f"{buckets} WHERE chat_id = ? AND bucket <= ? LIMIT ?",
+        f"{buckets} WHERE chat_id = ? LIMIT ?",
+    ):
         assert any(part in cql for cql in prepared), (part, prepared)
     chat_id = new_chat_id()
     store.save_messages([message(chat_id, new_message_id(), body="m1")])

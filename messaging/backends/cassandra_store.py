@@ -421,6 +421,10 @@ class CassandraMessageStore:
         self.session.execute(self._claim_lookup(), (0, ""))
         self.history(chat_id=0, limit=1, before=uuid.uuid1())
         self.history(chat_id=0, limit=1)
+        # The awaited walk (ahistory) lists buckets a chunk at a time: the
+        # event loop reads those itself once they are prepared (cql_reads).
+        for high in (True, False):
+            self._prepare(self._bucket_list_cql(low=False, high=high, ascending=False, limit=True))
 
     def sync_schema(self) -> None:
         _ensure_schema_on(self.session, self.config, force=True)
