@@ -279,9 +279,9 @@ CHAT_CASSANDRA_CONSISTENCY = env_str("CHAT_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM
 # Native protocol 4, not the driver's default 5: the driver frames v5's
 # checksummed segments in pure Python, about a seventh of a request's client CPU.
 CHAT_CASSANDRA_PROTOCOL_VERSION = env_int("CHAT_CASSANDRA_PROTOCOL_VERSION", 4)
-# A send's binding lookup and a history page below a cursor are read by the
-# event loop itself over the native protocol (messaging.backends.cql_reads),
-# the driver keeping everything else; off: every read goes through the driver.
+# A history page's reads are done by the event loop itself over the native
+# protocol (messaging.backends.cql_reads), the driver keeping everything else;
+# off: every read goes through the driver.
 CHAT_CASSANDRA_LEAN_READS = env_bool("CHAT_CASSANDRA_LEAN_READS", True)
 # Create missing tables on first use; production may turn this off and run chat_setup.
 CHAT_CASSANDRA_AUTO_SCHEMA = env_bool("CHAT_CASSANDRA_AUTO_SCHEMA", True)

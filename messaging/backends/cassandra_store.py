@@ -630,23 +630,25 @@ class CassandraMessageStore:
     # -- MessageStore
 
     async def find_claim(self, *, sender_id: int, client_msg_id: str) -> Claim | None:
-        # Through the driver, this is sent from the I/O pool, not the event
-        # loop: the driver's execute_async takes locks its I/O thread holds,
-        # and calling it from the chat server's loop stalled every socket under
-        # load (a flood fell from about 1,000 to under 350 deliveries/s). Not
-        # asyncio's default executor either: its few threads (cores + 4)
-        # queued the sends of a busy server. The lean read needs neither.
-        rows = await self._read_on_loop(self._claim_lookup_cql(), (sender_id, client_msg_id))
+        # Sent from the I/O pool, not the event loop: the driver's execute_async
+        # takes locks its I/O thread holds, and calling it from the chat
+        # server's loop stalled every socket under load (a flood fell from
+        # about 1,000 to under 350 deliveries/s). Not asyncio's default
+        # executor either: its few threads (cores + 4) queued the sends of a
+        # busy server. Not a lean read (cql_reads) either: read by the loop
+        # itself, the lookup lowered the pipeline's flood by 6-34% in six
+        # alternated pairs, with the machine's CPU at a fixed rate unchanged
+        # (docs/performance.md, fifteenth pass).
+        (rows,) = await _answers_on_loop(
+            lambda: [self.session.execute_async(self._claim_lookup(), (sender_id, client_msg_id))]
+        )
         if not rows:
             return None
         message_id, chat_id = rows[0]
         return Claim(message_id=message_id, chat_id=int(chat_id))
 
     def _claim_lookup(self) -> Any:
-        return self._prepare(self._claim_lookup_cql())
-
-    def _claim_lookup_cql(self) -> str:
-        return (
+        return self._prepare(
             f"SELECT message_id, chat_id FROM {self.config.keyspace}.client_message_claims"
             " WHERE sender_id = ? AND client_msg_id = ?"
         )

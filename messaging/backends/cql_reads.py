@@ -1,13 +1,14 @@
 """Single-page Cassandra reads on the event loop: a small client of the
-native protocol (v4) for the two reads that a send and a history page wait
-for (a send's durable binding lookup, a page below a cursor).
+native protocol (v4) for the reads of a history page (its bucket list and
+its buckets), which a client waits for every time it opens or scrolls a chat.
 
 Why not the driver: through scylla-driver such a read costs a chat server
 two thread hand-offs (an I/O-pool thread sends it, because the driver's
 ``execute_async`` must not run on the loop; the driver's I/O thread
 answers) and about 1.3 ms of CPU for a page of 50 rows; on one connection
-owned by the loop it costs no hand-off and about half the CPU
-(docs/performance.md, fifteenth pass).
+owned by the loop it costs no hand-off and about half the CPU. A history
+page's p99 halved (docs/performance.md, fifteenth pass). A send's binding
+lookup stays with the driver: read here, it cost the pipeline's flood.
 
 What it does and does not do. It only runs statements the driver has
 already prepared, with values the driver has serialised
