@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from channels.db import DatabaseSyncToAsync
 from django.conf import settings
@@ -39,6 +39,13 @@ def submit_blocking(fn: Callable[[], object]) -> None:
     that reports back to the event loop by itself (``loop.call_soon_threadsafe``)
     and must not raise."""
     _io_pool().submit(fn)
+
+
+def retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future nobody may await: its failure counts as
+    seen, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def run_blocking(fn: Callable[..., R], *args: object) -> R:

@@ -51,7 +51,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, tuple_factory
 from django.conf import settings
 
-from chatsite.aio import submit_blocking
+from chatsite.aio import retrieve_outcome, submit_blocking
 from messaging.backends.base import Claim
 from messaging.backends.cql_reads import Decoder, LeanReadUnavailable, decoders_for, lean_client
 from messaging.ids import message_sort_key
@@ -373,11 +373,6 @@ async def _atake(items: AsyncIterator[int], count: int) -> AsyncIterator[int]:
             yield await anext(items)
         except StopAsyncIteration:
             return
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _execute_all(session: Any, requests: Sequence[Any]) -> None:
@@ -830,10 +825,9 @@ class CassandraMessageStore:
         finally:
             await buckets.aclose()
             if guessed is not None:
-                # A wrong guess is never awaited: stop it, and collect its
-                # outcome so that a failure is not reported as never retrieved.
+                # A wrong guess is never awaited: stop it.
                 guessed.cancel()
-                guessed.add_done_callback(_ignore_outcome)
+                guessed.add_done_callback(retrieve_outcome)
 
     async def _abucket_range(
         self, chat_id: int, *, low: int | None, high: int | None, ascending: bool

@@ -40,6 +40,8 @@ from typing import Any, cast
 
 from cassandra import OperationTimedOut
 
+from chatsite.aio import retrieve_outcome
+
 logger = logging.getLogger(__name__)
 
 # A decoder turns a cell's bytes (buffer, offset, length) into its value.
@@ -388,6 +390,8 @@ class LeanCqlClient:
         connecting = self._connecting.get(endpoint)
         if connecting is None or connecting.done():
             connecting = asyncio.ensure_future(self._open(endpoint))
+            # Every read waiting for it may have been cancelled.
+            connecting.add_done_callback(retrieve_outcome)
             self._connecting[endpoint] = connecting
         return await asyncio.shield(connecting)
 
