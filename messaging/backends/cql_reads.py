@@ -169,7 +169,7 @@ def _body_after_extras(flags: int, body: bytes) -> int:
     if flags & _FLAG_TRACING:
         offset += 16
     if flags & _FLAG_WARNING:
-        # Warnings (a large partition, many tombstones) reach the server log.
+        # Warnings (a large partition, many tombstones): the node logs them too.
         (count,) = _SHORT.unpack_from(body, offset)
         offset += 2
         for _ in range(count):
