@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, cast
@@ -266,6 +266,41 @@ def _to_message(row: Sequence[Any]) -> Message:
         body=body,
         client_msg_id=client_msg_id,
     )
+
+
+def _page_order(*, limit: int, before: uuid.UUID | None, after: uuid.UUID | None) -> bool | None:
+    """Whether a history page walks forward (``after`` alone: the ``limit``
+    oldest messages after it) or back, or None when it is empty by its bounds."""
+    if limit <= 0:
+        return None
+    if before is not None and after is not None and message_sort_key(after) >= message_sort_key(before):
+        return None
+    return after is not None and before is None
+
+
+def _page_of(rows: Iterable[Sequence[Any]], *, ascending: bool) -> list[Message]:
+    """A page's messages, newest first, from rows in walking order."""
+    page = [_to_message(row) for row in rows]
+    if ascending:
+        page.reverse()
+    return page
+
+
+@dataclass(frozen=True, slots=True)
+class _WalkPlan:
+    """The buckets a walk between two bounds reads, in walking order."""
+
+    # The bound's own bucket, read alone before the chat's buckets are listed.
+    first: int | None
+    # The bounds of the bucket list for the rest of the walk.
+    low: int | None
+    high: int | None
+    # The newest page's guess at the current bucket, read while the list comes.
+    guess: int | None
+
+    @property
+    def rest_is_empty(self) -> bool:
+        return self.low is not None and self.high is not None and self.low > self.high
 
 
 def _message_row_bytes(row: tuple[Any, ...]) -> int:
@@ -526,6 +561,29 @@ class CassandraMessageStore:
         limit_clause = " LIMIT ?" if limit else ""
         return f"SELECT {columns} FROM {self.config.keyspace}.messages_by_chat WHERE {where}{order}{limit_clause}"
 
+    def _walk_plan(self, *, lower: uuid.UUID | None, upper: uuid.UUID | None, ascending: bool) -> _WalkPlan:
+        """Which buckets a walk between the bounds reads, and in what order."""
+        # Every message after `lower` has a timestamp >= lower's, so its bucket
+        # is >= lower's bucket (and likewise below `upper`).
+        low = self.bucket(lower) if lower is not None else None
+        high = self.bucket(upper) if upper is not None else None
+        start = high if not ascending else low
+        if start is not None:
+            # A walk from a bound starts in the bound's own bucket, and nothing
+            # in walk order can be in a bucket before it: read that bucket
+            # alone, and list the chat's buckets only if it does not fill the
+            # page (deep in a busy chat it almost always does: one round trip).
+            first = _clamp_bucket(start)
+            if ascending:
+                return _WalkPlan(first=first, low=first + 1, high=high, guess=None)
+            return _WalkPlan(first=first, low=low, high=first - 1, guess=None)
+        # The newest page: guess the current bucket (an active chat wrote
+        # there) and read it while the bucket list is fetched, which also
+        # finds any newer bucket (a clock ahead of ours). A wrong guess costs
+        # one short read.
+        guess = None if ascending else int(time.time()) // self.config.bucket_seconds
+        return _WalkPlan(first=None, low=low, high=high, guess=guess)
+
     def _scan(
         self,
         chat_id: int,
@@ -571,36 +629,13 @@ class CassandraMessageStore:
                     produced += 1
                     yield row
 
-        # Every message after `lower` has a timestamp >= lower's, so its bucket
-        # is >= lower's bucket (and likewise below `upper`).
-        low = self.bucket(lower) if lower is not None else None
-        high = self.bucket(upper) if upper is not None else None
-        start = high if not ascending else low
-        if start is not None:
-            # A walk from a bound starts in the bound's own bucket, and nothing
-            # in walk order can be in a bucket before it: read that bucket
-            # alone, and list the chat's buckets only if it does not fill the
-            # page (deep in a busy chat it almost always does: one round trip).
-            first = _clamp_bucket(start)
-            yield from rows_of([read(first)])
-            if page_full():
+        plan = self._walk_plan(lower=lower, upper=upper, ascending=ascending)
+        if plan.first is not None:
+            yield from rows_of([read(plan.first)])
+            if page_full() or plan.rest_is_empty:
                 return
-            if ascending:
-                low = first + 1
-            else:
-                high = first - 1
-            if low is not None and high is not None and low > high:
-                return
-            guess: int | None = None
-        elif not ascending:
-            # The newest page: guess the current bucket (an active chat wrote
-            # there) and read it while the bucket list is fetched, which also
-            # finds any newer bucket (a clock ahead of ours). A wrong guess
-            # costs one short read.
-            guess = int(time.time()) // self.config.bucket_seconds
-        else:
-            guess = None
-        buckets = self._bucket_range(chat_id, low=low, high=high, ascending=ascending)
+        guess = plan.guess
+        buckets = self._bucket_range(chat_id, low=plan.low, high=plan.high, ascending=ascending)
         guessed = read(guess) if guess is not None else None
         width = 1
         while True:
@@ -759,16 +794,11 @@ class CassandraMessageStore:
         after: uuid.UUID | None = None,
     ) -> list[Message]:
         # The same walk as history's (_scan), with every read awaited on the loop.
-        if limit <= 0:
+        ascending = _page_order(limit=limit, before=before, after=after)
+        if ascending is None:
             return []
-        if before is not None and after is not None and message_sort_key(after) >= message_sort_key(before):
-            return []
-        ascending = after is not None and before is None
         rows = await self._awalk(chat_id, lower=after, upper=before, ascending=ascending, limit=limit)
-        page = [_to_message(row) for row in rows]
-        if ascending:
-            page.reverse()
-        return page
+        return _page_of(rows, ascending=ascending)
 
     async def _awalk(
         self, chat_id: int, *, lower: uuid.UUID | None, upper: uuid.UUID | None, ascending: bool, limit: int
@@ -784,26 +814,16 @@ class CassandraMessageStore:
             params = (chat_id, bucket, *(bound for bound in (lower, upper) if bound is not None), limit - len(rows))
             return self._read_on_loop(cql, params)
 
-        low = self.bucket(lower) if lower is not None else None
-        high = self.bucket(upper) if upper is not None else None
-        start = high if not ascending else low
-        guessed: asyncio.Future[Sequence[Sequence[Any]]] | None = None
-        guess: int | None = None
-        if start is not None:
-            first = _clamp_bucket(start)
-            rows += await read(first)
+        plan = self._walk_plan(lower=lower, upper=upper, ascending=ascending)
+        if plan.first is not None:
+            rows += await read(plan.first)
             if len(rows) >= limit:
                 return rows[:limit]
-            if ascending:
-                low = first + 1
-            else:
-                high = first - 1
-            if low is not None and high is not None and low > high:
+            if plan.rest_is_empty:
                 return rows
-        elif not ascending:
-            guess = int(time.time()) // self.config.bucket_seconds
-            guessed = asyncio.ensure_future(read(guess))
-        buckets = self._abucket_range(chat_id, low=low, high=high, ascending=ascending)
+        guess = plan.guess
+        guessed = asyncio.ensure_future(read(guess)) if guess is not None else None
+        buckets = self._abucket_range(chat_id, low=plan.low, high=plan.high, ascending=ascending)
         try:
             width = 1
             while True:
@@ -854,19 +874,13 @@ class CassandraMessageStore:
         before: uuid.UUID | None = None,
         after: uuid.UUID | None = None,
     ) -> list[Message]:
-        if limit <= 0:
+        ascending = _page_order(limit=limit, before=before, after=after)
+        if ascending is None:
             return []
-        if before is not None and after is not None and message_sort_key(after) >= message_sort_key(before):
-            return []
-        # `after` alone pages forward: the `limit` oldest messages after it.
-        ascending = after is not None and before is None
         rows = self._scan(
             chat_id, lower=after, upper=before, ascending=ascending, columns=_MESSAGE_COLUMNS, limit=limit
         )
-        page = [_to_message(row) for row in islice(rows, limit)]
-        if ascending:
-            page.reverse()
-        return page
+        return _page_of(islice(rows, limit), ascending=ascending)
 
     def latest_messages(self, chat_ids: Sequence[int]) -> dict[int, Message]:
         unique_ids = list(dict.fromkeys(chat_ids))
