@@ -213,6 +213,11 @@ async def test_the_client_reads_ints_nulls_and_any_text() -> None:
         (kept.message_id, chat_id, kept.sender_id, kept.sender, kept.body, kept.client_msg_id),
     ]
     assert listed == [(store.bucket(kept.message_id), chat_id)]
+    # An id read here is a UUID like the driver's: same value, hash, text and time.
+    read_id = page[1][0]
+    assert isinstance(read_id, uuid.UUID)
+    assert (str(read_id), read_id.version, read_id.time) == (str(kept.message_id), 1, kept.message_id.time)
+    assert {kept.message_id: "kept"}[read_id] == "kept"
     # A column type the client does not read (timestamp) leaves the statement to the driver.
     timestamps = store.session.prepare(
         f"SELECT message_id, toTimestamp(message_id) FROM {KEYSPACE}.messages_by_chat WHERE chat_id = ? AND bucket = ?"
@@ -261,15 +266,18 @@ async def scripted_peer(answer: Answer) -> AsyncIterator[tuple[str, int]]:
         server.close()
 
 
-async def read_one(client: LeanCqlClient, endpoint: tuple[str, int], key: int = 5) -> list[tuple[object, ...]]:
-    """A read of a made-up statement whose rows are a bigint and a text."""
+async def read_one(
+    client: LeanCqlClient, endpoint: tuple[str, int], key: int = 5, *, first_column: str = "bigint"
+) -> list[tuple[object, ...]]:
+    """A read of a made-up statement whose rows are a bigint (or
+    ``first_column``) and a text."""
     return await client.rows(
         endpoint,
         query_id=b"q" * 16,
         query_text="SELECT a, b FROM t WHERE k = ?",
         values=[struct.pack(">q", key)],
         consistency=6,
-        decoders=(DECODERS["bigint"], DECODERS["text"]),
+        decoders=(DECODERS[first_column], DECODERS["text"]),
     )
 
 
@@ -307,7 +315,14 @@ async def test_a_node_that_does_not_answer_times_the_read_out() -> None:
 
 @pytest.mark.parametrize(
     "misbehaviour",
-    ["closes the connection", "answers in protocol v5", "answers rows of three columns", "answers a void result"],
+    [
+        "closes the connection",
+        "answers in protocol v5",
+        "answers rows of three columns",
+        "answers a void result",
+        "answers a bigint of four bytes",
+        "answers a uuid of fifteen bytes",
+    ],
 )
 async def test_a_peer_that_misbehaves_leaves_the_read_to_the_driver(misbehaviour: str) -> None:
     async def answer(stream: int, opcode: int, body: bytes) -> bytes | None:
@@ -317,13 +332,18 @@ async def test_a_peer_that_misbehaves_leaves_the_read_to_the_driver(misbehaviour
             return frame(stream, 0x08, rows_result([], 2), version=0x85)
         if misbehaviour == "answers rows of three columns":
             return frame(stream, 0x08, rows_result([(b"", b"", b"")], 3))
+        if misbehaviour == "answers a bigint of four bytes":
+            return frame(stream, 0x08, rows_result([(b"\x00" * 4, b"x")], 2))
+        if misbehaviour == "answers a uuid of fifteen bytes":
+            return frame(stream, 0x08, rows_result([(uuid.uuid1().bytes[:15], b"x")], 2))
         return frame(stream, 0x08, struct.pack(">i", 0x0001))
 
+    first_column = "timeuuid" if "uuid" in misbehaviour else "bigint"
     async with scripted_peer(answer) as endpoint:
         client = lean_client()
         try:
             with pytest.raises(LeanReadUnavailable):
-                await read_one(client, endpoint)
+                await read_one(client, endpoint, first_column=first_column)
         finally:
             await client.close()
 
