@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from typing import Any
 
@@ -16,9 +17,11 @@ from django.test import override_settings
 
 from accounts.services import token_issue
 from chatsite.asgi import application
-from messaging.backends import claim_registry, message_bus, reset_backends
+from messaging.backends import claim_registry, message_bus, orm_store, reset_backends
+from messaging.backends.base import Claim
 from messaging.backends.claims import InProcessClaimRegistry
 from messaging.backends.inprocess_bus import InProcessMessageBus
+from messaging.backends.orm_store import OrmMessageStore
 from messaging.selectors import message_history_for_member
 from messaging.services import chat_create_direct, chat_create_group, memberships_forget
 
@@ -233,6 +236,38 @@ async def test_copies_of_one_send_in_flight_and_a_late_retry_make_one_message() 
     assert [message.message_id for message in history] == [uuid.UUID(acks[0]["message_id"])]
     await first.disconnect()
     await second.disconnect()
+
+
+@pytest.mark.parametrize("loop_reader", ["opens", "cannot open"])
+async def test_a_late_retrys_binding_is_read_by_the_event_loop_or_else_by_the_pool(
+    loop_reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool_lookups: list[str] = []
+    pool_lookup = OrmMessageStore._find_claim
+
+    def counted(self: OrmMessageStore, *, sender_id: int, client_msg_id: str) -> Claim | None:
+        pool_lookups.append(client_msg_id)
+        return pool_lookup(self, sender_id=sender_id, client_msg_id=client_msg_id)
+
+    def cannot_open(path: str) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(OrmMessageStore, "_find_claim", counted)
+    if loop_reader == "cannot open":
+        monkeypatch.setattr(orm_store, "open_loop_reader", cannot_open)
+    (alice, alice_token), _ = await make_user("alice"), await make_user("bob")
+    chat, _ = await database_sync_to_async(chat_create_direct)(creator=alice, other_username="bob")
+    ws = await connect(alice_token)
+    frame = {"type": "send", "chat_id": chat.pk, "client_msg_id": "late", "body": "once"}
+    await ws.send_json_to(frame)
+    first_ack = await next_of(ws, "ack")
+    await message_bus().drain()  # type: ignore[attr-defined]
+    claim_registry().clear()  # type: ignore[attr-defined]
+    await ws.send_json_to(frame)
+    assert (await next_of(ws, "ack"))["message_id"] == first_ack["message_id"]
+    # Both sends asked the store; the pool answered only when the loop could not.
+    assert pool_lookups == ([] if loop_reader == "opens" else ["late", "late"])
+    await ws.disconnect()
 
 
 @override_settings(
