@@ -123,13 +123,16 @@ class OrmMessageStore:
         # Every send asks this. On SQLite the event loop reads it itself: the
         # lookup by the unique index takes about 50 us, and the I/O pool's
         # hop around it about 200 us of CPU and a GIL hand-off each way; the
-        # embedded default's flood rose by about a quarter (docs/performance.md,
+        # embedded default's flood rose by a fifth to a half (docs/performance.md,
         # sixteenth pass). Any other database, or a failed read, goes through the pool.
         database = settings.DATABASES["default"]
         if database["ENGINE"] == "django.db.backends.sqlite3":
             try:
                 reader = self._loop_readers.reader(str(database["NAME"]))
-                return _claim_of(reader.execute(_FIND_CLAIM_SQLITE, (sender_id, client_msg_id)).fetchone())
+                # fetchall steps the statement to its end, which ends its read
+                # transaction: the next lookup sees every binding stored since.
+                rows = reader.execute(_FIND_CLAIM_SQLITE, (sender_id, client_msg_id)).fetchall()
+                return _claim_of(rows[0] if rows else None)
             except sqlite3.Error as error:
                 self._loop_readers.forget(str(database["NAME"]))
                 logger.debug("binding lookup on the event loop failed, asking the I/O pool: %s", error)
