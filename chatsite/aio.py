@@ -40,10 +40,8 @@ def off_loop(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            _io_pool(), context.run, _with_fresh_connections, fn, args, kwargs
-        )
+        result: R = await run_blocking(contextvars.copy_context().run, _with_fresh_connections, fn, args, kwargs)
+        return result
 
     return call
 

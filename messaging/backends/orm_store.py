@@ -127,14 +127,15 @@ class OrmMessageStore:
         # sixteenth pass). Any other database, or a failed read, goes through the pool.
         database = settings.DATABASES["default"]
         if database["ENGINE"] == "django.db.backends.sqlite3":
+            path = str(database["NAME"])
             try:
-                reader = self._loop_readers.reader(str(database["NAME"]))
+                reader = self._loop_readers.reader(path)
                 # fetchall steps the statement to its end, which ends its read
                 # transaction: the next lookup sees every binding stored since.
                 rows = reader.execute(_FIND_CLAIM_SQLITE, (sender_id, client_msg_id)).fetchall()
                 return _claim_of(rows[0] if rows else None)
             except sqlite3.Error as error:
-                self._loop_readers.forget(str(database["NAME"]))
+                self._loop_readers.forget(path)
                 logger.debug("binding lookup on the event loop failed, asking the I/O pool: %s", error)
         return await off_loop(self._find_claim)(sender_id=sender_id, client_msg_id=client_msg_id)
 
