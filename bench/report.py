@@ -319,10 +319,14 @@ def curve_line(record: dict[str, Any]) -> str:
     share = summary.get("within_up_to_fraction")
     if share is None:
         return f"p99 above {limit} ms (or deliveries lost) already at the lowest share measured"
-    return (
+    line = (
         f"p99 within {limit} ms with nothing lost up to {_fmt(share)} of its flood"
         f" ({_fmt(summary.get('within_up_to_offered_deliveries_per_s'))} deliveries/s offered)"
     )
+    over = summary.get("first_over_fraction")
+    if over is not None:
+        line += f"; not at {_fmt(over)} ({_fmt(summary.get('first_over_offered_deliveries_per_s'))} offered)"
+    return line
 
 
 def ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,9 +6,10 @@
   at ``rate_fraction`` of what the same target delivered in its
   ``fanout_flood`` run earlier in the invocation, or at ``rate`` without one.
 - ``fanout_curve``: the same fixed-rate runs at several shares of that flood
-  figure (``curve_fractions``), one after the other on the same servers: the
-  latency and CPU per delivery at each, and up to which share the p99 stays
-  within ``curve_p99_ms``.
+  figure (``curve_fractions``), one after the other on the same servers, then
+  a few more (``curve_refine``) that halve the gap where the p99 leaves
+  ``curve_p99_ms``: the latency and CPU per delivery at each, and up to which
+  share the p99 stays within the limit.
 - ``idle``: N connections to one server process, each heartbeating every 30 s;
   how many it holds and its RSS per connection.
 - ``history``: page latency of ``GET /api/chats/<id>/messages?limit=50&before=``
@@ -78,6 +79,9 @@ class Sizes:
     curve_fractions: str = "0.1,0.2,0.3,0.4,0.5"
     curve_duration: float = 15.0
     curve_p99_ms: float = 100.0
+    # Then up to this many more runs, each at the share halfway between the
+    # highest share that kept the limit and the next one measured (0: none).
+    curve_refine: int = 2
     # idle
     idle_connections: int = 10_000
     idle_group: int = 10
@@ -121,6 +125,7 @@ QUICK = Sizes(
     rate=5.0,
     curve_fractions="0.25,0.5",
     curve_duration=1.5,
+    curve_refine=1,
     idle_connections=40,
     idle_group=4,
     idle_hold=2.0,
@@ -415,32 +420,40 @@ class ScenarioRun:
 
     def fanout_curve(self) -> None:
         """``fanout_rate`` at each of ``curve_fractions`` of the flood, on the
-        same servers and clients, lowest share first. Each point keeps its own
-        figures and CPU; the summary says up to which share every point's p99
-        stayed within ``curve_p99_ms`` with nothing lost."""
+        same servers and clients, lowest share first, then at up to
+        ``curve_refine`` shares placed by halving the gap where the p99 left
+        ``curve_p99_ms``. Each point keeps its own figures and CPU; the summary
+        says up to which share every point's p99 stayed within the limit with
+        nothing lost."""
         sizes = self.sizes
         fractions = sorted({float(item) for item in sizes.curve_fractions.split(",") if item.strip()})
         if not fractions or fractions[0] <= 0:
             raise ValueError(f"curve_fractions must be positive shares of the flood, not {sizes.curve_fractions!r}")
+        if sizes.curve_refine < 0:
+            raise ValueError(f"curve_refine must be 0 or more, not {sizes.curve_refine}")
         flood = self.flood_record()
         flood_cost = flood.get("system_cpu_per_1k_deliveries_s") if flood is not None else None
         clients = self.fanout_clients()
         self.record["params"] = {
             **self.fanout_shape(),
             "fractions": fractions,
+            "refine": sizes.curve_refine,
             "duration_s": sizes.curve_duration,
             "p99_limit_ms": sizes.curve_p99_ms,
             "flood_system_cpu_per_1k_deliveries_s": flood_cost,
         }
+        # Kept in order of share; "measured" is each point's place in time.
         points: list[dict[str, Any]] = []
         self.record["curve"] = points
-        for index, fraction in enumerate(fractions):
+
+        def measure(fraction: float, *, refinement: bool) -> None:
             basis = self.rate_basis(fraction)
             if basis["source"] != "fanout_flood":
                 raise RuntimeError(f"fanout_curve needs this target's flood figure: {basis['reason']}")
+            measured = len(points)
             # A tag per point: client_msg_ids reused from an earlier point would be acked as retries.
             settings = self.settings(
-                "rate", sizes.curve_duration, rate=basis["rate_per_sender"], run_tag=f"{self.tag}p{index}"
+                "rate", sizes.curve_duration, rate=basis["rate_per_sender"], run_tag=f"{self.tag}p{measured}"
             )
             run: dict[str, Any] = {}
             figures = self.drive(clients, [], settings, into=run)
@@ -450,6 +463,8 @@ class ScenarioRun:
                 {
                     "fraction_of_saturation": basis["fraction_of_saturation"],
                     "offered_deliveries_per_s": basis["offered_deliveries_per_s"],
+                    "refinement": refinement,
+                    "measured": measured,
                     "deliveries_per_s": figures.get("deliveries_per_s"),
                     "p50_ms": latency.get("p50_ms"),
                     "p99_ms": latency.get("p99_ms"),
@@ -462,6 +477,15 @@ class ScenarioRun:
                     "run": run,
                 }
             )
+            points.sort(key=lambda point: point["fraction_of_saturation"])
+
+        for fraction in fractions:
+            measure(fraction, refinement=False)
+        for _ in range(sizes.curve_refine):
+            share = next_curve_share(points, sizes.curve_p99_ms)
+            if share is None:
+                break
+            measure(share, refinement=True)
         self.record["curve_summary"] = curve_summary(points, sizes.curve_p99_ms)
 
     def idle(self) -> None:
@@ -650,18 +674,35 @@ def wait_for_compactions(*, timeout: float = 300.0, quiet_polls: int = 3) -> dic
 
 def curve_summary(points: Sequence[dict[str, Any]], p99_limit_ms: float) -> dict[str, Any]:
     """Up to which share of the flood every point, lowest first, kept its p99
-    within the limit and lost nothing (None when the lowest did not)."""
+    within the limit and lost nothing (None when the lowest did not), and the
+    share that first did not (None when every one did)."""
     within: dict[str, Any] | None = None
+    broke: dict[str, Any] | None = None
     for point in sorted(points, key=lambda p: p["fraction_of_saturation"]):
         p99 = point["p99_ms"]
         if p99 is None or p99 > p99_limit_ms or point["lost"]:
+            broke = point
             break
         within = point
     return {
         "p99_limit_ms": p99_limit_ms,
         "within_up_to_fraction": within["fraction_of_saturation"] if within else None,
         "within_up_to_offered_deliveries_per_s": within["offered_deliveries_per_s"] if within else None,
+        "first_over_fraction": broke["fraction_of_saturation"] if broke else None,
+        "first_over_offered_deliveries_per_s": broke["offered_deliveries_per_s"] if broke else None,
     }
+
+
+def next_curve_share(points: Sequence[dict[str, Any]], p99_limit_ms: float, *, finest: float = 0.02) -> float | None:
+    """The share to measure next: halfway between the highest share that kept
+    the limit (with every share below it; 0 when none did) and the lowest
+    share measured above that. None when every share kept it, or when the two
+    are less than ``finest`` apart: the runs' noise is larger than that."""
+    kept = float(curve_summary(points, p99_limit_ms)["within_up_to_fraction"] or 0.0)
+    above = [float(point["fraction_of_saturation"]) for point in points if point["fraction_of_saturation"] > kept]
+    if not above or min(above) - kept < finest:
+        return None
+    return round((kept + min(above)) / 2, 3)
 
 
 def summarize_usage(record: dict[str, Any]) -> None:

@@ -16,12 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
-from bench.scenarios import DEFAULT_MATRIX, curve_summary
+from bench.scenarios import DEFAULT_MATRIX, curve_summary, next_curve_share
 from bench.targets import ensure_services
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ["raw", "channels", "embedded", "full"]
 LATENCY_FIELDS = ["p50_ms", "p99_ms", "p999_ms"]
+CURVE_LIMIT_MS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ensure_services(["redis", "postgres", "kafka", "cassandra"])
     out = tmp_path_factory.mktemp("bench-results")
     command = [sys.executable, "-m", "bench.run", "--quick", "--strict", "--targets", ",".join(TARGETS)]
+    # A p99 limit no run of the full pipeline meets, so fanout_curve also
+    # places a share by halving the gap below its lowest one.
+    command += ["--curve-p99-ms", str(CURVE_LIMIT_MS)]
     done = subprocess.run([*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     (path,) = out.glob("*.json")
@@ -78,7 +82,23 @@ def test_the_latency_curve_runs_each_share_of_the_flood(results):
         flood = runs_of(results, "fanout_flood")[target]["figures"]["deliveries_per_s"]
         shares = run["params"]["fractions"]
         assert len(shares) >= 2 and shares == sorted(shares), target
-        assert [point["fraction_of_saturation"] for point in run["curve"]] == pytest.approx(shares, rel=0.01)
+        grid = [point for point in run["curve"] if not point["refinement"]]
+        assert [point["fraction_of_saturation"] for point in grid] == pytest.approx(shares, rel=0.01)
+        measured = [point["fraction_of_saturation"] for point in run["curve"]]
+        assert measured == sorted(measured), target
+        assert sorted(point["measured"] for point in run["curve"]) == list(range(len(run["curve"])))
+        # The grid first, then each refinement halfway into the gap it was placed in.
+        refined = sorted((p for p in run["curve"] if p["refinement"]), key=lambda p: p["measured"])
+        assert run["params"]["p99_limit_ms"] == CURVE_LIMIT_MS
+        assert 1 <= len(refined) <= run["params"]["refine"], target
+        assert refined[0]["fraction_of_saturation"] == pytest.approx(shares[0] / 2, abs=0.002), target
+        for point in refined:
+            before = [p for p in run["curve"] if p["measured"] < point["measured"]]
+            assert next_curve_share(before, run["params"]["p99_limit_ms"]) == pytest.approx(
+                point["fraction_of_saturation"], abs=0.002
+            ), (target, point)
+        if len(refined) < run["params"]["refine"]:
+            assert next_curve_share(run["curve"], run["params"]["p99_limit_ms"]) is None, target
         for point in run["curve"]:
             assert point["offered_deliveries_per_s"] == pytest.approx(point["fraction_of_saturation"] * flood, rel=0.01)
             figures = point["run"]["figures"]
@@ -97,6 +117,8 @@ def test_the_latency_curve_runs_each_share_of_the_flood(results):
             assert run["curve"][0]["p99_ms"] > summary["p99_limit_ms"]
         else:
             assert summary["within_up_to_fraction"] in [p["fraction_of_saturation"] for p in within]
+        if summary["first_over_fraction"] is not None:
+            assert summary["first_over_fraction"] not in [p["fraction_of_saturation"] for p in within]
     assert "Latency against the offered rate" in results["_stdout"]
 
 
@@ -110,6 +132,27 @@ def test_the_curve_is_within_its_limit_only_up_to_the_first_share_that_is_not():
     assert summary["within_up_to_offered_deliveries_per_s"] == 200.0
     assert curve_summary([point(0.1, 40.0), point(0.2, 60.0, lost=1)], 100.0)["within_up_to_fraction"] == 0.1
     assert curve_summary([point(0.1, 101.0)], 100.0)["within_up_to_fraction"] is None
+    assert summary["first_over_fraction"] == 0.3
+    assert summary["first_over_offered_deliveries_per_s"] == 300.0
+    assert curve_summary([point(0.1, 40.0)], 100.0)["first_over_fraction"] is None
+
+
+def test_the_curve_refines_halfway_into_the_gap_where_the_limit_was_left():
+    def point(share: float, p99: float, lost: int = 0) -> dict[str, Any]:
+        return {"fraction_of_saturation": share, "offered_deliveries_per_s": share * 1000, "p99_ms": p99, "lost": lost}
+
+    assert next_curve_share([point(0.1, 40.0), point(0.2, 120.0)], 100.0) == 0.15
+    assert next_curve_share([point(0.1, 40.0), point(0.15, 130.0), point(0.2, 120.0)], 100.0) == 0.125
+    assert next_curve_share([point(0.1, 40.0), point(0.15, 90.0), point(0.2, 120.0)], 100.0) == 0.175
+    # A share over the limit below every measured one: halfway down to nothing.
+    assert next_curve_share([point(0.1, 140.0), point(0.2, 150.0)], 100.0) == 0.05
+    # A later share within the limit again is noise: the gap is still the first one.
+    assert next_curve_share([point(0.1, 40.0), point(0.2, 120.0), point(0.3, 95.0)], 100.0) == 0.15
+    # Lost deliveries leave the limit as a late p99 does.
+    assert next_curve_share([point(0.1, 40.0), point(0.2, 60.0, lost=3)], 100.0) == 0.15
+    # Nothing to refine: every share kept the limit, or the gap is finer than the noise.
+    assert next_curve_share([point(0.1, 40.0), point(0.5, 95.0)], 100.0) is None
+    assert next_curve_share([point(0.1, 40.0), point(0.11, 120.0)], 100.0) is None
 
 
 def test_mixed_load_carries_typing_heartbeats_and_history(results):
