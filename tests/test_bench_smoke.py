@@ -84,8 +84,8 @@ def test_the_latency_curve_runs_each_share_of_the_flood(results):
         assert len(shares) >= 2 and shares == sorted(shares), target
         grid = [point for point in run["curve"] if not point["refinement"]]
         assert [point["fraction_of_saturation"] for point in grid] == pytest.approx(shares, rel=0.01)
-        measured = [point["fraction_of_saturation"] for point in run["curve"]]
-        assert measured == sorted(measured), target
+        in_order = [point["fraction_of_saturation"] for point in run["curve"]]
+        assert in_order == sorted(in_order), target
         assert sorted(point["measured"] for point in run["curve"]) == list(range(len(run["curve"])))
         # The grid first, then each refinement halfway into the gap it was placed in.
         refined = sorted((p for p in run["curve"] if p["refinement"]), key=lambda p: p["measured"])
